@@ -1,0 +1,59 @@
+# wasmop: the verbs. Every target works on a bare machine (it installs what it needs).
+#   make dev    build everything, start the local control plane + operator, apply the sample
+#   make test   every test (unit, plugin, end-to-end on the real control plane)
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+PLUGIN_DIR := target/plugins
+WASM_RUST := target/wasm32-unknown-unknown/plugin
+
+.PHONY: help setup control-plane build plugins crds crds-check cluster dev test test-unit lint fmt bench clean
+
+help:
+	@grep -E '^#   make' Makefile | sed 's/^#   //'
+
+## setup: system packages and toolchains a fresh machine lacks (idempotent, quick when done).
+setup:
+	@bash hack/setup.sh
+
+## control-plane: build kube-apiserver, kube-controller-manager, etcd (+kubectl) from the pinned module.
+control-plane: setup
+	@bash hack/build-control-plane.sh
+
+## build: the operator, the launcher and the test harness (host).
+build: setup
+	$(CARGO) build --workspace --bins
+
+## plugins: every example plugin, from source, into target/plugins/.
+plugins: setup
+	@mkdir -p $(PLUGIN_DIR)
+	$(CARGO) build -p website-plugin -p misbehave-plugin --target wasm32-unknown-unknown --profile plugin
+	@cp $(WASM_RUST)/website_plugin.wasm $(PLUGIN_DIR)/website-rust.wasm
+	@cp $(WASM_RUST)/misbehave_plugin.wasm $(PLUGIN_DIR)/misbehave.wasm
+	@ls -l $(PLUGIN_DIR)
+
+## crds: regenerate crds/ from the Rust types (a test fails when they drift).
+crds:
+	$(CARGO) run -q -p wasmop -- crd > crds/wasmcontroller.yaml
+
+## cluster: the local control plane in the foreground (prints the KUBECONFIG line).
+cluster: control-plane
+	$(CARGO) run -q -p localcp -- up
+
+## dev: everything end to end on the local control plane; Ctrl-C stops it all.
+dev: control-plane build plugins
+	@bash hack/dev.sh
+
+## test: all tests. End-to-end tests start the real control plane, wasmop and plugins.
+test: control-plane build plugins
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,329 @@
+//! The `WasmController` custom resource (group `wasmop.dev`, version `v1alpha1`): its Rust
+//! types, the CRD generated from them (`wasmop crd`, committed as `crds/wasmcontroller.yaml`
+//! with a drift test), and the status conditions the operator reports.
+//!
+//! Schema rules the API server can check (required fields, ranges, patterns, "exactly one of"
+//! as CEL `x-kubernetes-validations`) live here so a bad spec is rejected at `kubectl apply`
+//! time; everything else (unknown kinds, missing RBAC, a plugin that fails to load) is
+//! reported on `status.conditions` by the manager.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Default `spec.plugin.limits.memoryMiB`.
+pub const DEFAULT_MEMORY_MIB: u32 = 64;
+/// Default `spec.plugin.limits.timeoutMs`.
+pub const DEFAULT_TIMEOUT_MS: u32 = 1000;
+/// Default `spec.resyncPeriod`.
+pub const DEFAULT_RESYNC: &str = "5m";
+/// Default `spec.maxConcurrentReconciles`.
+pub const DEFAULT_CONCURRENCY: u16 = 4;
+
+/// A controller whose reconcile logic is an Extism WebAssembly plugin.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
+#[kube(
+    group = "wasmop.dev",
+    version = "v1alpha1",
+    kind = "WasmController",
+    namespaced,
+    shortname = "wc",
+    category = "wasmop",
+    status = "WasmControllerStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Parent","type":"string","jsonPath":".spec.parent.kind"}"#,
+    printcolumn = r#"{"name":"Plugin","type":"string","jsonPath":".status.plugin.sha256","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmControllerSpec {
+    /// The kind this controller reconciles: one plugin call per object of this kind in the
+    /// WasmController's namespace. Must be namespaced and have a status subresource if the
+    /// plugin returns status.
+    pub parent: KindRef,
+    /// Kinds the plugin may create. Every returned child must be one of these; children the
+    /// controller made that are no longer returned are deleted.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub children: Vec<KindRef>,
+    /// Extra objects handed to the plugin: a referenced object (API-contract pattern) or the
+    /// objects matching a label selector.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub related: Vec<RelatedSpec>,
+    pub plugin: PluginSpec,
+    /// Every API read and write for this controller is made as this ServiceAccount of the
+    /// WasmController's namespace: the plugin never has more power than the team's account.
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: String,
+    /// How often every parent is reconciled even when nothing changed, e.g. `30s`, `5m`, `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub resync_period: Option<String>,
+    /// Parents reconciled at once (also the number of plugin instances kept warm). Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_concurrent_reconciles: Option<u16>,
+}
+
+/// A kind, by `apiVersion` (`group/version`, or `v1` for the core group) and `kind`.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct KindRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub api_version: String,
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+}
+
+impl KindRef {
+    pub fn group(&self) -> &str {
+        self.api_version.rsplit_once('/').map_or("", |(g, _)| g)
+    }
+    pub fn version(&self) -> &str {
+        self.api_version.rsplit_once('/').map_or(self.api_version.as_str(), |(_, v)| v)
+    }
+}
+
+impl std::fmt::Display for KindRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.kind, self.api_version)
+    }
+}
+
+/// One `spec.related` entry. Exactly one of `ref` or `kind`+`selector` is set.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RelatedSpec {
+    /// The key under `request.related` in the plugin call.
+    #[schemars(regex(pattern = r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$"), length(max = 63))]
+    pub name: String,
+    /// JSONPath into the parent that yields `{apiVersion, kind, name[, namespace]}`, e.g.
+    /// `$.spec.infrastructureRef`. The referenced object must be in the parent's namespace.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub ref_: Option<String>,
+    /// With `ref`: the kinds a reference may name (a whole group when `kind` is empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_kinds: Vec<GroupKind>,
+    /// With `ref`: contract field name -> JSONPath into the referenced object, e.g.
+    /// `ready: $.status.ready`. Values are handed to the plugin under `contract`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contract: BTreeMap<String, String>,
+    /// With `selector`: the kind to list in the parent's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// A group, or one kind of it.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupKind {
+    pub group: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginSpec {
+    pub source: PluginSource,
+    /// Free-form JSON handed to every call as `controller.config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub config: Option<Value>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Call the plugin's `finalize` export before a parent is deleted; the controller holds a
+    /// finalizer on each parent until `finalize` returns `finalized: true`.
+    #[serde(default)]
+    pub finalize: bool,
+}
+
+/// Where the plugin's bytes come from. Exactly one field is set.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginSource {
+    /// A key of a ConfigMap in the WasmController's namespace. `binaryData` may hold raw,
+    /// gzip- or zstd-compressed wasm (detected by magic bytes). Edits are hot-reloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapKey>,
+    /// A path on the operator's filesystem. For development only: the operator must be
+    /// started with `--allow-file-plugins`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Eq, Hash)]
+pub struct ConfigMapKey {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Per-call limits. A plugin that exceeds them is stopped, its instance discarded, and the
+/// parent requeued with backoff.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Linear memory cap per instance, in MiB. Default 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub memory_mib: Option<u32>,
+    /// Wall-clock cap per call, in milliseconds. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub timeout_ms: Option<u32>,
+    /// Optional cap on wasm instructions per call (deterministic, unlike the timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub fuel: Option<u64>,
+}
+
+impl Limits {
+    pub fn memory_mib(&self) -> u32 {
+        self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB)
+    }
+    pub fn timeout_ms(&self) -> u32 {
+        self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)
+    }
+}
+
+/// What the operator observed; written by the operator only.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmControllerStatus {
+    /// `Ready`: the plugin is loaded and the controller runs. `Degraded`: the last reconcile
+    /// of some parent failed (the message names it and the fix).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The plugin currently running.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginStatus {
+    pub sha256: String,
+    pub size_bytes: u64,
+    /// Whether the source was compressed (`gzip`, `zstd`) or `none`.
+    pub encoding: String,
+}
+
+fn preserve_unknown(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    serde_json::from_value(json!({"x-kubernetes-preserve-unknown-fields": true}))
+        .expect("static schema")
+}
+
+/// The CEL rules the API server enforces beyond the structural schema, by schema path.
+/// Each message names the field and the fix.
+const CEL_RULES: &[(&[&str], &str, &str)] = &[
+    (
+        &["spec", "plugin", "source"],
+        "[has(self.configMap), has(self.file)].filter(x, x).size() == 1",
+        "spec.plugin.source: set exactly one of configMap or file",
+    ),
+    (
+        &["spec", "related", "[]"],
+        "has(self.ref) != has(self.selector)",
+        "spec.related[]: set either ref (API contract) or selector (with apiVersion and kind), not both",
+    ),
+    (
+        &["spec", "related", "[]"],
+        "!has(self.selector) || (has(self.apiVersion) && has(self.kind))",
+        "spec.related[]: a selector entry needs apiVersion and kind",
+    ),
+    (
+        &["spec", "related", "[]"],
+        "has(self.ref) || (!has(self.contract) && !has(self.allowedKinds))",
+        "spec.related[]: contract and allowedKinds only apply to ref entries",
+    ),
+    (
+        &["spec", "related", "[]"],
+        "!has(self.ref) || self.ref.startsWith('$')",
+        "spec.related[].ref: must be a JSONPath starting with '$', e.g. $.spec.infrastructureRef",
+    ),
+    (
+        &["spec", "related"],
+        "self.all(a, self.exists_one(b, a.name == b.name))",
+        "spec.related: names must be unique",
+    ),
+    (
+        &["spec", "children"],
+        "self.all(a, self.exists_one(b, a.apiVersion == b.apiVersion && a.kind == b.kind))",
+        "spec.children: each kind may be listed once",
+    ),
+];
+
+/// The CRD as installed: kube-derive's output plus the CEL rules above.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = serde_json::to_value(WasmController::crd()).expect("CRD serialises");
+    let schema = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    for (path, rule, message) in CEL_RULES {
+        let mut node = &mut *schema;
+        for step in *path {
+            node = if *step == "[]" { &mut node["items"] } else { &mut node["properties"][step] };
+        }
+        assert!(node.is_object(), "CEL rule path {path:?} is not in the schema");
+        let rules = node
+            .as_object_mut()
+            .unwrap()
+            .entry("x-kubernetes-validations")
+            .or_insert_with(|| json!([]));
+        rules.as_array_mut().unwrap().push(json!({"rule": rule, "message": message}));
+    }
+    serde_json::from_value(crd).expect("CRD round-trips")
+}
+
+/// The CRD as YAML, as committed in `crds/wasmcontroller.yaml`.
+pub fn crd_yaml() -> String {
+    format!(
+        "# Generated by `wasmop crd` from operator/src/crd.rs; do not edit.\n{}",
+        serde_yaml::to_string(&crd()).expect("CRD serialises")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_matches_the_rust_types() {
+        let committed = include_str!("../../crds/wasmcontroller.yaml");
+        assert!(
+            committed == crd_yaml(),
+            "crds/wasmcontroller.yaml is stale: run `make crds` (cargo run -p wasmop -- crd > crds/wasmcontroller.yaml)"
+        );
+    }
+
+    #[test]
+    fn every_cel_rule_lands_in_the_schema() {
+        let json = serde_json::to_string(&crd()).unwrap();
+        for (_, rule, message) in CEL_RULES {
+            let rule = serde_json::to_string(rule).unwrap();
+            assert!(json.contains(&rule), "missing rule: {message}");
+        }
+    }
+
+    #[test]
+    fn kind_ref_splits_core_and_grouped_api_versions() {
+        let core = KindRef { api_version: "v1".into(), kind: "ConfigMap".into() };
+        let apps = KindRef { api_version: "apps/v1".into(), kind: "Deployment".into() };
+        assert_eq!((core.group(), core.version()), ("", "v1"));
+        assert_eq!((apps.group(), apps.version()), ("apps", "v1"));
+    }
+}

@@ -1,0 +1,81 @@
+//! wasmop: a Kubernetes operator whose reconcile logic is user-supplied WebAssembly.
+//!
+//! A team `kubectl apply`s a [`crd::WasmController`] naming a parent kind, child kinds and an
+//! Extism plugin; wasmop runs a dynamic controller for it that feeds each parent (with its
+//! children and related objects) to the plugin and server-side-applies what comes back, as
+//! the team's own ServiceAccount.
+//!
+//! Where things are (the reconcile path is `controller.rs`, top-down):
+//! - [`manager`]: watches WasmControllers; starts, hot-reloads and stops their controllers.
+//! - [`controller`]: one parent's reconcile: gather → plugin call → plan → dry run → apply.
+//! - [`plan`]: validates a plugin response into SSA applies and a prune set (pure).
+//! - [`plugin`]: the Extism host (the only module naming extism/wasmtime): compile cache,
+//!   instance pool, limits, error classification.
+//! - [`source`]: plugin bytes from a ConfigMap or file; gzip/zstd; sha256.
+//! - [`watches`]: one shared watch + cache per kind for every controller.
+//! - [`related`]: `spec.related`: API-contract references and selectors.
+//! - [`access`]: impersonated clients and cached access reviews (least privilege).
+//! - [`metrics`]: Prometheus metrics and health endpoints.
+//! - [`crd`]: the WasmController type and its CRD.
+
+pub mod access;
+pub mod controller;
+pub mod crd;
+pub mod manager;
+pub mod metrics;
+pub mod plan;
+pub mod plugin;
+pub mod related;
+pub mod source;
+pub mod watches;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// Settings of `wasmop run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// A kubeconfig file to use instead of KUBECONFIG / in-cluster configuration.
+    pub kubeconfig: Option<PathBuf>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+    /// Compiled-plugin cache across restarts (None: no on-disk cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Allow `spec.plugin.source.file` (development only).
+    pub allow_file_plugins: bool,
+}
+
+/// Runs the operator until `shutdown` resolves.
+///
+/// # Errors
+/// No usable kubeconfig / in-cluster config, the metrics address cannot be bound, or the
+/// plugin cache directory cannot be created.
+pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let config = match &opts.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let client = kube::Client::try_from(config.clone())?;
+    let version = client.apiserver_version().await?;
+    tracing::info!(server = %version.git_version, "connected to the API server");
+    let metrics = metrics::Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let bound = metrics::serve(opts.metrics_addr, metrics.clone(), ready.clone()).await?;
+    tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    let ctx = Arc::new(manager::Context {
+        watches: watches::Watches::new(client.clone(), metrics.clone()),
+        host: plugin::Host::new(opts.cache_dir)?,
+        access: Arc::new(access::Access::new(client.clone())),
+        client,
+        config,
+        metrics,
+        allow_file_plugins: opts.allow_file_plugins,
+    });
+    manager::run(ctx, ready, shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,461 @@
+//! The manager: watches WasmControllers and keeps one running [`controller::Runtime`] per
+//! object — started on create, replaced when the spec or the plugin bytes change (hot reload,
+//! the last good plugin kept running when a new one fails to load), stopped on delete. No
+//! operator restart is ever needed.
+//!
+//! Each WasmController gets its own task (a "slot"), so a slow plugin compile for one team
+//! never delays another's. A slot reports what it sees on the WasmController's status:
+//! `Ready` (plugin loaded, controller running) and `Degraded` (some parents failing).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT};
+
+use crate::access::{self, Access};
+use crate::controller::{self, ChildKind, Runtime};
+use crate::crd::{KindRef, PluginSource, PluginStatus, WasmController, WasmControllerStatus};
+use crate::metrics::Metrics;
+use crate::plugin::{self, Host};
+use crate::watches::{self, Watches};
+use crate::{related, source};
+
+/// The field manager of everything the operator itself writes (WasmController status).
+pub const FIELD_MANAGER: &str = "wasmop";
+/// How long a replaced or deleted controller may take to finish in-flight reconciles.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Why a WasmController cannot run (reported on its `Ready` condition).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {kind} is not served by the API server: install its CRD or fix {field} ({source})")]
+    KindNotServed {
+        field: String,
+        kind: KindRef,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{field}: {kind} is cluster-scoped; a WasmController reconciles namespaced kinds in its own namespace")]
+    ClusterScoped { field: String, kind: KindRef },
+    #[error("spec.resyncPeriod: {value:?} is not a duration like 30s, 5m or 1h")]
+    BadResync { value: String },
+    #[error(transparent)]
+    Access(#[from] access::Error),
+    #[error(transparent)]
+    Source(#[from] source::Error),
+    #[error(transparent)]
+    Plugin(#[from] plugin::Error),
+    #[error(transparent)]
+    Related(#[from] related::Error),
+    #[error(transparent)]
+    Watch(#[from] watches::Error),
+}
+
+impl Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::KindNotServed { .. } => "KindNotServed",
+            Error::ClusterScoped { .. } => "ClusterScopedKind",
+            Error::BadResync { .. } => "InvalidSpec",
+            Error::Access(_) => "Forbidden",
+            Error::Source(_) => "PluginSourceUnavailable",
+            Error::Plugin(e) => e.reason(),
+            Error::Related(_) => "InvalidSpec",
+            Error::Watch(_) => "WatchNotReady",
+        }
+    }
+}
+
+/// Operator-wide shared state.
+pub struct Context {
+    /// The operator's own client (shared watches, access reviews, WasmController status).
+    pub client: Client,
+    /// The base configuration impersonated clients are derived from.
+    pub config: kube::Config,
+    pub watches: Watches,
+    pub host: Host,
+    pub access: Arc<Access>,
+    pub metrics: Metrics,
+    pub allow_file_plugins: bool,
+}
+
+type Key = (String, String);
+
+enum Signal {
+    /// Re-read the spec and the plugin source; restart if either changed.
+    Sync,
+    /// Only the set of failing parents changed: refresh conditions.
+    Health,
+    /// The operator is shutting down.
+    Stop,
+}
+
+/// Runs until `shutdown` resolves, then stops every controller gracefully.
+pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: impl Future<Output = ()>) {
+    let api: Api<WasmController> = Api::all(ctx.client.clone());
+    let (store, writer) = reflector::store();
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().reflect(writer));
+    let mut slots: HashMap<Key, (mpsc::UnboundedSender<Signal>, JoinHandle<()>)> = HashMap::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = &mut shutdown => break,
+        };
+        let keys: Vec<Key> = match event {
+            Some(Ok(watcher::Event::Apply(wc) | watcher::Event::Delete(wc) | watcher::Event::InitApply(wc))) => {
+                vec![(wc.namespace().unwrap_or_default(), wc.name_any())]
+            }
+            Some(Ok(watcher::Event::InitDone)) => {
+                ready.store(true, Ordering::Relaxed);
+                slots.keys().cloned().collect() // objects deleted while the watch was down
+            }
+            Some(Ok(watcher::Event::Init)) => continue,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "WasmController watch error; retrying with backoff");
+                continue;
+            }
+            None => break,
+        };
+        for key in keys {
+            let alive = slots.get(&key).is_some_and(|(tx, task)| !task.is_finished() && tx.send(Signal::Sync).is_ok());
+            if !alive {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let _ = tx.send(Signal::Sync);
+                let task = tokio::spawn(slot(ctx.clone(), key.clone(), store.clone(), tx.clone(), rx));
+                slots.insert(key, (tx, task));
+            }
+        }
+        slots.retain(|_, (_, task)| !task.is_finished());
+    }
+    tracing::info!(controllers = slots.len(), "shutting down: stopping controllers");
+    for (_, (tx, task)) in slots {
+        let _ = tx.send(Signal::Stop);
+        let _ = task.await;
+    }
+}
+
+/// A running controller and what it was started from.
+struct Running {
+    fingerprint: u64,
+    /// How the plugin source was compressed (`none`, `gzip`, `zstd`).
+    encoding: &'static str,
+    runtime: Arc<Runtime>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// The life of one WasmController.
+async fn slot(ctx: Arc<Context>, key: Key, store: Store<WasmController>, signals: mpsc::UnboundedSender<Signal>, mut rx: mpsc::UnboundedReceiver<Signal>) {
+    let (ns, name) = key;
+    let span = tracing::info_span!("wasmcontroller", controller = %format!("{ns}/{name}"));
+    let _enter = span.clone();
+    let mut running: Option<Running> = None;
+    let mut source_watch: Option<(PluginSource, tokio::task::AbortHandle)> = None;
+    let mut load_error: Option<Error> = None;
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel::<()>();
+    let health_forward = {
+        let signals = signals.clone();
+        tokio::spawn(async move {
+            while health_rx.recv().await.is_some() {
+                if signals.send(Signal::Health).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        if batch.iter().any(|s| matches!(s, Signal::Stop)) {
+            break;
+        }
+        let sync = batch.iter().any(|s| matches!(s, Signal::Sync));
+        let Some(wc) = store.get(&ObjectRef::new(&name).within(&ns)) else {
+            tracing::info!(parent: &span, "WasmController deleted: stopping its controller");
+            break;
+        };
+        if sync {
+            match prepare(&ctx, &wc, running.as_ref(), &health_tx).await {
+                Ok(None) => load_error = None,
+                Ok(Some(new)) => {
+                    load_error = None;
+                    if let Some(old) = running.take() {
+                        stop(&ctx, old).await;
+                    }
+                    tracing::info!(parent: &span, sha256 = %new.runtime.plugin.sha256, "controller started");
+                    running = Some(new);
+                }
+                Err(error) => {
+                    tracing::warn!(parent: &span, reason = error.reason(), "{error}");
+                    load_error = Some(error);
+                }
+            }
+            // Hot reload: watch the plugin's ConfigMap for as long as the source is the same.
+            let source = &wc.spec.plugin.source;
+            if source_watch.as_ref().map(|(s, _)| s) != Some(source) {
+                if let Some((_, old)) = source_watch.take() {
+                    old.abort();
+                }
+                if let Some(task) = watch_source(&ctx, &wc, signals.clone()) {
+                    source_watch = Some((source.clone(), task));
+                }
+            }
+        }
+        if let Err(error) = write_status(&ctx, &wc, running.as_ref(), load_error.as_ref()).await {
+            tracing::warn!(parent: &span, %error, "could not update WasmController status");
+        }
+    }
+    if let Some((_, task)) = source_watch {
+        task.abort();
+    }
+    health_forward.abort();
+    if let Some(old) = running {
+        stop(&ctx, old).await;
+    }
+}
+
+/// Works out what should run for `wc`. `Ok(None)`: what runs is already right.
+async fn prepare(ctx: &Context, wc: &WasmController, running: Option<&Running>, health: &mpsc::UnboundedSender<()>) -> Result<Option<Running>, Error> {
+    let ns = wc.namespace().unwrap_or_default();
+    let spec = &wc.spec;
+    let client = access::impersonated(&ctx.config, &ns, &spec.service_account_name)?;
+    let resync = parse_duration(spec.resync_period.as_deref().unwrap_or(crate::crd::DEFAULT_RESYNC))
+        .ok_or_else(|| Error::BadResync { value: spec.resync_period.clone().unwrap_or_default() })?;
+    for related in &spec.related {
+        related::validate(related)?;
+    }
+    let parent_ar = resolve(&ctx.client, "spec.parent", &spec.parent).await?;
+    let mut child_ars = Vec::new();
+    for (i, kind) in spec.children.iter().enumerate() {
+        child_ars.push((kind.clone(), resolve(&ctx.client, &format!("spec.children[{i}]"), kind).await?));
+    }
+    let mut readable = vec![(parent_ar.group.clone(), parent_ar.plural.clone())];
+    readable.extend(child_ars.iter().map(|(_, ar)| (ar.group.clone(), ar.plural.clone())));
+    ctx.access.require(&ns, &spec.service_account_name, &["get", "list", "watch"], &readable).await?;
+
+    let bytes = source::load(&client, &ns, &spec.plugin.source, ctx.allow_file_plugins).await?;
+    let fingerprint = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(spec).expect("specs serialise").hash(&mut h);
+        bytes.sha256.hash(&mut h);
+        h.finish()
+    };
+    if running.is_some_and(|r| r.fingerprint == fingerprint && !r.task.is_finished()) {
+        return Ok(None);
+    }
+    let concurrency = usize::from(spec.max_concurrent_reconciles.unwrap_or(crate::crd::DEFAULT_CONCURRENCY));
+    let plugin = ctx.host.load(&bytes, &spec.plugin.limits, concurrency).await?;
+    for (export, needed) in [(RECONCILE_EXPORT, true), (FINALIZE_EXPORT, spec.plugin.finalize)] {
+        if needed && !plugin.has_export(export)? {
+            return Err(plugin::Error::MissingExport { export: export.into() }.into());
+        }
+    }
+    let parent = ctx.watches.get(&parent_ar).await?;
+    let mut children = Vec::new();
+    for (kind, ar) in child_ars {
+        children.push(ChildKind { kind, watch: ctx.watches.get(&ar).await? });
+    }
+    let runtime = Arc::new(Runtime::new(
+        ns.clone(),
+        wc.name_any(),
+        spec.clone(),
+        client,
+        parent,
+        children,
+        plugin.clone(),
+        ctx.access.clone(),
+        ctx.metrics.clone(),
+        resync,
+        health.clone(),
+    ));
+    let label = format!("{ns}/{}", wc.name_any());
+    ctx.metrics.plugins_loaded.with_label_values(&[&label, &plugin.sha256]).set(1);
+    ctx.metrics.controllers.inc();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(controller::run(runtime.clone(), stop_rx));
+    Ok(Some(Running { fingerprint, encoding: bytes.encoding, runtime, stop: stop_tx, task }))
+}
+
+/// Stops a controller: in-flight reconciles finish (up to [`STOP_GRACE`]), then it is gone.
+async fn stop(ctx: &Context, old: Running) {
+    let _ = old.stop.send(());
+    let abort = old.task.abort_handle();
+    if tokio::time::timeout(STOP_GRACE, old.task).await.is_err() {
+        abort.abort();
+    }
+    let label = format!("{}/{}", old.runtime.namespace, old.runtime.name);
+    let _ = ctx.metrics.plugins_loaded.remove_label_values(&[&label, &old.runtime.plugin.sha256]);
+    ctx.metrics.controllers.dec();
+}
+
+/// Resolves a kind by discovery (as the operator) and checks that it is namespaced.
+async fn resolve(client: &Client, field: &str, kind: &KindRef) -> Result<kube::api::ApiResource, Error> {
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk(kind))
+        .await
+        .map_err(|source| Error::KindNotServed { field: field.into(), kind: kind.clone(), source })?;
+    if caps.scope != Scope::Namespaced {
+        return Err(Error::ClusterScoped { field: field.into(), kind: kind.clone() });
+    }
+    Ok(ar)
+}
+
+pub(crate) fn gvk(kind: &KindRef) -> GroupVersionKind {
+    GroupVersionKind::gvk(kind.group(), kind.version(), &kind.kind)
+}
+
+/// Watches the plugin's ConfigMap (as the team's account) and asks for a sync on any change.
+fn watch_source(ctx: &Context, wc: &WasmController, signals: mpsc::UnboundedSender<Signal>) -> Option<tokio::task::AbortHandle> {
+    let cm = wc.spec.plugin.source.config_map.as_ref()?;
+    let ns = wc.namespace().unwrap_or_default();
+    let client = access::impersonated(&ctx.config, &ns, &wc.spec.service_account_name).ok()?;
+    let api: Api<ConfigMap> = Api::namespaced(client, &ns);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", cm.name));
+    let task = tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        let mut listed = false;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => listed = true,
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) if listed => {
+                    if signals.send(Signal::Sync).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "plugin ConfigMap watch error; retrying"),
+            }
+        }
+    });
+    Some(task.abort_handle())
+}
+
+/// Writes `Ready`/`Degraded` conditions and the plugin identity, only when they changed.
+async fn write_status(ctx: &Context, wc: &WasmController, running: Option<&Running>, load_error: Option<&Error>) -> Result<(), kube::Error> {
+    let generation = wc.metadata.generation;
+    let (ready, reason, message) = match (running, load_error) {
+        (Some(r), None) => ("True", "Running".to_string(), format!("plugin {:.12} loaded; reconciling {} objects", r.runtime.plugin.sha256, wc.spec.parent.kind)),
+        (Some(r), Some(e)) => (
+            "True",
+            "RunningPreviousPlugin".to_string(),
+            format!("the updated spec or plugin cannot be used, still running plugin {:.12}: {e}", r.runtime.plugin.sha256),
+        ),
+        (None, Some(e)) => ("False", e.reason().to_string(), e.to_string()),
+        (None, None) => ("False", "Starting".to_string(), "starting".to_string()),
+    };
+    let mut conditions = vec![condition("Ready", ready, &reason, &message, generation)];
+    if let Some(r) = running {
+        let failures = r.runtime.failures.lock().unwrap().clone();
+        conditions.push(match failures.iter().next() {
+            None => condition("Degraded", "False", "AllReconciled", "every parent reconciled successfully", generation),
+            Some((parent, f)) => {
+                let more = if failures.len() > 1 { format!(" (and {} more failing)", failures.len() - 1) } else { String::new() };
+                condition("Degraded", "True", &f.reason, &format!("{} {parent}: {}{more}", wc.spec.parent.kind, f.message), generation)
+            }
+        });
+    }
+    let current = wc.status.clone().unwrap_or_default();
+    for c in &mut conditions {
+        if let Some(old) = current.conditions.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+    let status = WasmControllerStatus {
+        conditions,
+        plugin: running.map(|r| PluginStatus {
+            sha256: r.runtime.plugin.sha256.clone(),
+            size_bytes: r.runtime.plugin.size_bytes,
+            encoding: r.encoding.into(),
+        }).or(current.plugin.clone()),
+        observed_generation: generation,
+    };
+    if status == current {
+        return Ok(());
+    }
+    let api: Api<WasmController> = Api::namespaced(ctx.client.clone(), &wc.namespace().unwrap_or_default());
+    let body = json!({"apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController", "status": status});
+    api.patch_status(&wc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: truncate_message(message),
+        observed_generation: generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
+}
+
+fn truncate_message(message: &str) -> String {
+    const MAX: usize = 4096;
+    if message.len() <= MAX {
+        return message.into();
+    }
+    let mut end = MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].into()
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h30m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else {
+            match rest.chars().next()? {
+                's' => (Duration::from_secs(1), 1),
+                'm' => (Duration::from_secs(60), 1),
+                'h' => (Duration::from_secs(3600), 1),
+                _ => return None,
+            }
+        };
+        total += unit * u32::try_from(n).ok()?;
+        rest = &rest[len..];
+    }
+    (total > Duration::ZERO).then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_kubernetes_ones() {
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

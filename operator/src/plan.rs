@@ -1,0 +1,477 @@
+//! Turns a plugin response into a plan of writes: validate everything first, then describe
+//! the server-side applies (children, `apply` patches, status) and the prune set.
+//!
+//! Pure: no I/O, no clock. The controller executes the plan.
+//!
+//! # Guarantees
+//! - The whole response is validated before anything is written: one problem anywhere means
+//!   [`Error::Invalid`] listing every problem (with its JSON path and the fix), and no writes.
+//! - A child can only be of a declared kind, in the parent's namespace; it is given a
+//!   controller ownerReference to the parent and the `wasmop.dev/controller` label, so pruning
+//!   can never delete what this controller did not create.
+//! - `apply` patches may only target the parent or a related object resolved for this call.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use wasmop_abi::{Event, ReconcileResponse};
+
+use crate::crd::KindRef;
+
+/// Label on every child: which WasmController made it.
+pub const CONTROLLER_LABEL: &str = "wasmop.dev/controller";
+/// Longest `requeueAfterSeconds` honoured (a day); longer values are clamped.
+pub const MAX_REQUEUE: Duration = Duration::from_secs(86_400);
+/// Metadata the API server owns; a plugin that echoes a live object back gets these stripped.
+const SERVER_FIELDS: &[&str] =
+    &["uid", "resourceVersion", "creationTimestamp", "managedFields", "generation", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds"];
+
+/// An object identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjRef {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} ({}) in {}", self.kind, self.name, self.api_version, self.namespace)
+    }
+}
+
+/// A child this controller currently owns (from the shared caches).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owned {
+    pub target: ObjRef,
+    pub uid: String,
+}
+
+/// Who is writing.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The WasmController's name.
+    pub controller: String,
+    /// SSA field manager, `wasmop.dev/<namespace>.<name>`.
+    pub field_manager: String,
+}
+
+impl Identity {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Identity { controller: name.into(), field_manager: format!("wasmop.dev/{namespace}.{name}") }
+    }
+
+    /// The `wasmop.dev/controller` label value (label values are at most 63 characters).
+    pub fn label_value(&self) -> String {
+        short_name(&self.controller, 63)
+    }
+
+    /// This controller's finalizer on parents.
+    pub fn finalizer(&self) -> String {
+        format!("wasmop.dev/{}", short_name(&self.controller, 63))
+    }
+}
+
+fn short_name(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.into();
+    }
+    let digest = crate::source::sha256_hex(name.as_bytes());
+    format!("{}-{}", name[..max - 9].trim_end_matches(['-', '.']), &digest[..8])
+}
+
+/// Everything [`plan`] needs besides the response.
+pub struct Input<'a> {
+    pub identity: &'a Identity,
+    /// The parent as the API server returned it.
+    pub parent: &'a Value,
+    pub child_kinds: &'a [KindRef],
+    /// Related objects resolved for this call: the only other `apply` targets allowed.
+    pub related: &'a [ObjRef],
+    pub owned: &'a [Owned],
+    /// True during `finalize`: children are neither applied nor pruned.
+    pub finalizing: bool,
+}
+
+/// One server-side apply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Apply {
+    pub target: ObjRef,
+    pub body: Value,
+}
+
+/// The validated writes of one reconcile, in the order they are executed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub children: Vec<Apply>,
+    pub prune: Vec<Owned>,
+    pub patches: Vec<Apply>,
+    /// SSA body for the parent's status subresource.
+    pub status: Option<Apply>,
+    pub events: Vec<Event>,
+    pub requeue_after: Option<Duration>,
+    pub finalized: bool,
+}
+
+/// One thing wrong with a response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// JSON path in the response, e.g. `children[1].metadata.name`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid plugin response, nothing was written: {}", list(.problems))]
+    Invalid { problems: Vec<Problem> },
+    #[error("parent has no metadata.{field}")]
+    Parent { field: &'static str },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("{}: {}", p.path, p.message)).collect::<Vec<_>>().join("; ")
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Validates `response` and plans its writes.
+///
+/// # Errors
+/// [`Error::Invalid`] with every problem found; nothing in the response is then applied.
+pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
+    let parent = parent_ref(input.parent)?;
+    let uid = input.parent["metadata"]["uid"].as_str().ok_or(Error::Parent { field: "uid" })?;
+    let mut problems = Vec::new();
+    let mut bad = |path: String, message: String| problems.push(Problem { path, message });
+
+    let mut children = Vec::new();
+    let mut desired = BTreeSet::new();
+    if !input.finalizing {
+        for (i, child) in response.children.into_iter().enumerate() {
+            let path = format!("children[{i}]");
+            let Some((target, mut body)) = object_ref(child, &parent.namespace, &path, &mut bad) else { continue };
+            let declared = input.child_kinds.iter().any(|k| k.api_version == target.api_version && k.kind == target.kind);
+            if !declared {
+                bad(
+                    format!("{path}.kind"),
+                    format!(
+                        "{} {} is not declared in spec.children: add {{apiVersion: {}, kind: {}}} to spec.children or stop returning it",
+                        target.kind, target.api_version, target.api_version, target.kind
+                    ),
+                );
+                continue;
+            }
+            if !desired.insert((target.api_version.clone(), target.kind.clone(), target.name.clone())) {
+                bad(format!("{path}.metadata.name"), format!("duplicate child {} {}: each child must be returned once", target.kind, target.name));
+                continue;
+            }
+            if body["metadata"].get("ownerReferences").is_some() {
+                bad(format!("{path}.metadata.ownerReferences"), "remove it: wasmop sets the ownerReference to the parent itself".into());
+                continue;
+            }
+            let meta = body["metadata"].as_object_mut().expect("checked by object_ref");
+            meta.insert(
+                "ownerReferences".into(),
+                json!([{
+                    "apiVersion": input.parent["apiVersion"], "kind": input.parent["kind"],
+                    "name": parent.name, "uid": uid, "controller": true, "blockOwnerDeletion": true,
+                }]),
+            );
+            let labels = meta.entry("labels").or_insert_with(|| json!({}));
+            match labels.as_object_mut() {
+                Some(labels) => {
+                    labels.insert(CONTROLLER_LABEL.into(), Value::String(input.identity.label_value()));
+                }
+                None => bad(format!("{path}.metadata.labels"), "must be an object of strings".into()),
+            }
+            children.push(Apply { target, body });
+        }
+    }
+
+    let mut patches = Vec::new();
+    for (i, patch) in response.apply.into_iter().enumerate() {
+        let path = format!("apply[{i}]");
+        let Some((target, body)) = object_ref(patch, &parent.namespace, &path, &mut bad) else { continue };
+        if target != parent && !input.related.contains(&target) {
+            bad(
+                path,
+                format!("{} {} is neither the parent nor a related object of this call: apply may only patch those", target.kind, target.name),
+            );
+            continue;
+        }
+        if body.get("status").is_some() && target == parent {
+            bad(format!("{path}.status"), "set the parent's status with the top-level `status` field instead".into());
+            continue;
+        }
+        patches.push(Apply { target, body });
+    }
+
+    let status = match response.status {
+        None => None,
+        Some(Value::Object(status)) => Some(Apply {
+            target: parent.clone(),
+            body: json!({
+                "apiVersion": input.parent["apiVersion"], "kind": input.parent["kind"],
+                "metadata": {"name": parent.name, "namespace": parent.namespace},
+                "status": status,
+            }),
+        }),
+        Some(other) => {
+            bad("status".into(), format!("must be an object, got {}", type_name(&other)));
+            None
+        }
+    };
+
+    for (i, ev) in response.events.iter().enumerate() {
+        let reason_ok = !ev.reason.is_empty()
+            && ev.reason.len() <= 128
+            && ev.reason.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && ev.reason.chars().all(|c| c.is_ascii_alphanumeric());
+        if !reason_ok {
+            bad(format!("events[{i}].reason"), format!("{:?} must be UpperCamelCase, 1-128 letters and digits, e.g. Synced", ev.reason));
+        }
+        if ev.message.len() > 1024 {
+            bad(format!("events[{i}].message"), "is longer than 1024 bytes: shorten it".into());
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(Error::Invalid { problems });
+    }
+
+    let prune = if input.finalizing {
+        Vec::new()
+    } else {
+        input
+            .owned
+            .iter()
+            .filter(|o| !desired.contains(&(o.target.api_version.clone(), o.target.kind.clone(), o.target.name.clone())))
+            .cloned()
+            .collect()
+    };
+    Ok(Plan {
+        children,
+        prune,
+        patches,
+        status,
+        events: response.events,
+        requeue_after: response.requeue_after_seconds.map(|s| Duration::from_secs(s).min(MAX_REQUEUE)),
+        finalized: response.finalized,
+    })
+}
+
+fn parent_ref(parent: &Value) -> Result<ObjRef> {
+    let s = |v: &Value, field| v.as_str().map(String::from).ok_or(Error::Parent { field });
+    Ok(ObjRef {
+        api_version: s(&parent["apiVersion"], "apiVersion")?,
+        kind: s(&parent["kind"], "kind")?,
+        namespace: s(&parent["metadata"]["namespace"], "namespace")?,
+        name: s(&parent["metadata"]["name"], "name")?,
+    })
+}
+
+/// Checks the identity fields of a returned object and fills in the namespace.
+fn object_ref(
+    mut obj: Value,
+    namespace: &str,
+    path: &str,
+    bad: &mut impl FnMut(String, String),
+) -> Option<(ObjRef, Value)> {
+    let Value::Object(map) = &mut obj else {
+        bad(path.into(), format!("must be an object, got {}", type_name(&obj)));
+        return None;
+    };
+    let mut field = |key: &str| match map.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => {
+            bad(format!("{path}.{key}"), format!("is required (a non-empty string), e.g. {}", if key == "kind" { "ConfigMap" } else { "v1" }));
+            None
+        }
+    };
+    let (api_version, kind) = (field("apiVersion"), field("kind"));
+    let meta = map.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
+        bad(format!("{path}.metadata"), "must be an object".into());
+        return None;
+    };
+    for f in SERVER_FIELDS {
+        meta.remove(*f);
+    }
+    let name = match meta.get("name") {
+        Some(Value::String(n)) if is_dns_subdomain(n) => Some(n.clone()),
+        Some(Value::String(n)) => {
+            bad(
+                format!("{path}.metadata.name"),
+                format!("{n:?} is not a valid name: use at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"),
+            );
+            None
+        }
+        _ => {
+            bad(format!("{path}.metadata.name"), "is required (generateName is not supported: names must be stable so reconciles are idempotent)".into());
+            None
+        }
+    };
+    match meta.get("namespace") {
+        None => {
+            meta.insert("namespace".into(), Value::String(namespace.into()));
+        }
+        Some(Value::String(ns)) if ns == namespace => {}
+        Some(other) => {
+            bad(format!("{path}.metadata.namespace"), format!("{other} is not the parent's namespace {namespace:?}: omit it, objects live beside their parent"));
+            return None;
+        }
+    }
+    Some((ObjRef { api_version: api_version?, kind: kind?, namespace: namespace.into(), name: name? }, obj))
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= 253
+        && s.starts_with(alnum)
+        && s.ends_with(alnum)
+        && s.chars().all(|c| alnum(c) || c == '-' || c == '.')
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmop_abi::EventType;
+
+    fn parent() -> Value {
+        json!({"apiVersion": "example.com/v1", "kind": "Website",
+               "metadata": {"name": "site", "namespace": "team-a", "uid": "u-1"}})
+    }
+    fn kinds() -> Vec<KindRef> {
+        vec![
+            KindRef { api_version: "v1".into(), kind: "ConfigMap".into() },
+            KindRef { api_version: "apps/v1".into(), kind: "Deployment".into() },
+        ]
+    }
+    fn cm(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"a": "b"}})
+    }
+    fn owned(name: &str) -> Owned {
+        Owned {
+            target: ObjRef { api_version: "v1".into(), kind: "ConfigMap".into(), namespace: "team-a".into(), name: name.into() },
+            uid: format!("uid-{name}"),
+        }
+    }
+    fn run(response: Value, owned: &[Owned]) -> Result<Plan> {
+        let id = Identity::new("team-a", "website");
+        let (p, k) = (parent(), kinds());
+        let input = Input { identity: &id, parent: &p, child_kinds: &k, related: &[], owned, finalizing: false };
+        plan(&input, serde_json::from_value(response).unwrap())
+    }
+    fn problems(r: Result<Plan>) -> Vec<String> {
+        match r {
+            Err(Error::Invalid { problems }) => problems.into_iter().map(|p| format!("{}: {}", p.path, p.message)).collect(),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn children_get_namespace_owner_reference_and_controller_label() {
+        let plan = run(json!({"children": [cm("a")]}), &[]).unwrap();
+        let body = &plan.children[0].body;
+        assert_eq!(body["metadata"]["namespace"], "team-a");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(body["metadata"]["labels"][CONTROLLER_LABEL], "website");
+    }
+
+    #[test]
+    fn owned_children_no_longer_desired_are_pruned_and_desired_ones_kept() {
+        let plan = run(json!({"children": [cm("keep")]}), &[owned("keep"), owned("gone")]).unwrap();
+        assert_eq!(plan.prune, vec![owned("gone")]);
+    }
+
+    #[test]
+    fn one_bad_child_rejects_the_whole_response() {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}});
+        let p = problems(run(json!({"children": [cm("ok"), secret], "status": {"x": 1}}), &[owned("ok")]));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("children[1].kind: Secret v1 is not declared in spec.children"), "{p:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let cases = [
+            (json!({"children": [{"kind": "ConfigMap", "metadata": {"name": "a"}}]}), "children[0].apiVersion: is required"),
+            (json!({"children": [cm("Bad_Name")]}), "children[0].metadata.name: \"Bad_Name\" is not a valid name"),
+            (json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "x-"}}]}), "children[0].metadata.name: is required"),
+            (json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "other"}}]}), "children[0].metadata.namespace: \"other\" is not the parent's namespace"),
+            (json!({"children": [cm("a"), cm("a")]}), "children[1].metadata.name: duplicate child ConfigMap a"),
+            (json!({"children": ["nope"]}), "children[0]: must be an object, got a string"),
+            (json!({"status": [1]}), "status: must be an object, got an array"),
+            (json!({"events": [{"type": "Normal", "reason": "not camel", "message": "m"}]}), "events[0].reason: \"not camel\" must be UpperCamelCase"),
+            (json!({"apply": [{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}}]}), "apply[0]: Secret x is neither the parent nor a related object"),
+            (json!({"apply": [{"apiVersion": "example.com/v1", "kind": "Website", "metadata": {"name": "site"}, "status": {}}]}), "apply[0].status: set the parent's status with the top-level `status` field"),
+            (json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "ownerReferences": []}}]}), "children[0].metadata.ownerReferences: remove it"),
+        ];
+        for (response, expected) in cases {
+            let p = problems(run(response.clone(), &[]));
+            assert!(p.iter().any(|m| m.starts_with(expected)), "{response}: expected {expected:?}, got {p:?}");
+        }
+    }
+
+    #[test]
+    fn server_populated_metadata_is_stripped_from_echoed_objects() {
+        let mut child = cm("a");
+        child["metadata"]["resourceVersion"] = json!("42");
+        child["metadata"]["uid"] = json!("x");
+        let plan = run(json!({"children": [child]}), &[]).unwrap();
+        let meta = &plan.children[0].body["metadata"];
+        assert!(meta.get("resourceVersion").is_none() && meta.get("uid").is_none());
+    }
+
+    #[test]
+    fn status_is_wrapped_for_the_status_subresource() {
+        let plan = run(json!({"status": {"phase": "Ready"}}), &[]).unwrap();
+        let status = plan.status.unwrap();
+        assert_eq!(status.body["kind"], "Website");
+        assert_eq!(status.body["metadata"]["name"], "site");
+        assert_eq!(status.body["status"]["phase"], "Ready");
+    }
+
+    #[test]
+    fn patches_to_the_parent_are_allowed_and_requeue_is_clamped() {
+        let patch = json!({"apiVersion": "example.com/v1", "kind": "Website", "metadata": {"name": "site", "labels": {"x": "y"}}});
+        let plan = run(json!({"apply": [patch], "requeueAfterSeconds": 999_999,
+                              "events": [{"type": "Warning", "reason": "Slow", "message": "m"}]}), &[]).unwrap();
+        assert_eq!(plan.patches.len(), 1);
+        assert_eq!(plan.requeue_after, Some(MAX_REQUEUE));
+        assert_eq!(plan.events[0].type_, EventType::Warning);
+    }
+
+    #[test]
+    fn finalizing_neither_applies_nor_prunes_children() {
+        let id = Identity::new("team-a", "website");
+        let (p, k) = (parent(), kinds());
+        let input = Input { identity: &id, parent: &p, child_kinds: &k, related: &[], owned: &[owned("x")], finalizing: true };
+        let plan = plan(&input, serde_json::from_value(json!({"children": [cm("y")], "finalized": true})).unwrap()).unwrap();
+        assert!(plan.children.is_empty() && plan.prune.is_empty() && plan.finalized);
+    }
+
+    #[test]
+    fn long_controller_names_give_valid_label_values() {
+        let id = Identity::new("ns", &"a".repeat(100));
+        assert_eq!(id.label_value().len(), 63);
+        assert!(id.finalizer().len() <= "wasmop.dev/".len() + 63);
+    }
+}
