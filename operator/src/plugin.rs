@@ -181,6 +181,7 @@ struct Instance {
 }
 
 /// The result of one call.
+#[derive(Debug)]
 pub struct CallOutput {
     pub output: Vec<u8>,
     pub elapsed: Duration,
@@ -273,6 +274,7 @@ impl LoadedPlugin {
         match err.to_string().as_str() {
             "timeout" => Error::Timeout { timeout_ms: self.limits.timeout_ms() },
             "oom" => Error::OutOfMemory { memory_mib: self.limits.memory_mib() },
+            "plugin ran out of fuel" => Error::OutOfFuel { fuel: self.limits.fuel.unwrap_or(0) },
             _ if err.chain().any(|c| c.downcast_ref::<wasmtime::Trap>().is_some()) => {
                 Error::Trap { message: format!("{err:#}") }
             }
