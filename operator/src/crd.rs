@@ -178,7 +178,7 @@ pub struct ConfigMapKey {
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// Linear memory cap per instance, in MiB. Default 64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "memoryMiB", skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4096))]
     pub memory_mib: Option<u32>,
     /// Wall-clock cap per call, in milliseconds. Default 1000.
