@@ -273,6 +273,7 @@ const CEL_RULES: &[(&[&str], &str, &str)] = &[
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = serde_json::to_value(WasmController::crd()).expect("CRD serialises");
     let schema = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    strip_unknown_formats(schema);
     for (path, rule, message) in CEL_RULES {
         let mut node = &mut *schema;
         for step in *path {
@@ -287,6 +288,21 @@ pub fn crd() -> CustomResourceDefinition {
         rules.as_array_mut().unwrap().push(json!({"rule": rule, "message": message}));
     }
     serde_json::from_value(crd).expect("CRD round-trips")
+}
+
+/// Removes schemars' Rust-specific formats (`uint16`, `uint32`, ...), which Kubernetes does
+/// not know and warns about on every `kubectl apply`; the `minimum: 0` they come with stays.
+fn strip_unknown_formats(node: &mut Value) {
+    match node {
+        Value::Object(map) => {
+            if map.get("format").and_then(Value::as_str).is_some_and(|f| f.starts_with("uint") || f == "int16" || f == "int8") {
+                map.remove("format");
+            }
+            map.values_mut().for_each(strip_unknown_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_unknown_formats),
+        _ => {}
+    }
 }
 
 /// The CRD as YAML, as committed in `crds/wasmcontroller.yaml`.
