@@ -13,6 +13,12 @@
 //! The source is always evaluated as a module (strict mode, top-level `await` allowed), so a
 //! bare top-level `function reconcile` is module-private; [`InitError::MissingReconcile`] says
 //! how to export it.
+//!
+//! # Numbers
+//! JSON integers beyond 2^53 (Kubernetes has int64 and uint64 fields) would lose digits as JS
+//! numbers, so the request gives them to JavaScript as `BigInt`, and any `BigInt` in a response
+//! is written as a plain JSON integer. Requests without such integers take the fast path, a
+//! plain `JSON.parse`.
 
 use rquickjs::promise::PromiseState;
 use rquickjs::{Context, Ctx, Function, Module, Object, Persistent, Runtime, Value};
@@ -71,6 +77,8 @@ pub struct Engine {
     // Field order is drop order: QuickJS aborts if a persistent handle outlives its runtime.
     reconcile: Persistent<Function<'static>>,
     finalize: Option<Persistent<Function<'static>>>,
+    /// `JSON.parse` with a reviver that turns unsafe integers into `BigInt`s.
+    parse_exact: Persistent<Function<'static>>,
     context: Context,
     _runtime: Runtime,
 }
@@ -84,10 +92,12 @@ impl Engine {
     pub fn new(source: &str, file_name: &str) -> Result<Engine, InitError> {
         let runtime = Runtime::new().map_err(engine_error)?;
         let context = Context::full(&runtime).map_err(engine_error)?;
+        let parse_exact = context.with(|ctx| install_exact_integers(&ctx))?;
         let (reconcile, finalize) = context.with(|ctx| evaluate(&ctx, source, file_name))?;
         Ok(Engine {
             reconcile,
             finalize,
+            parse_exact,
             context,
             _runtime: runtime,
         })
@@ -117,13 +127,44 @@ impl Engine {
                     .to_string()
             })?,
         };
+        let parse = has_long_digit_run(request).then(|| self.parse_exact.clone());
         self.context.with(|ctx| {
-            let result = call_in(&ctx, export, function, request);
+            let result = call_in(&ctx, export, function, parse, request);
             // Work the function queued but did not await must not run inside the next call.
             while ctx.execute_pending_job() {}
             result
         })
     }
+}
+
+/// Makes `BigInt`s serialise as JSON integers and returns the exact-integer request parser.
+/// Both run before the user's code, so they use the pristine `JSON` object.
+fn install_exact_integers(ctx: &Ctx<'_>) -> Result<Persistent<Function<'static>>, InitError> {
+    let parse: Function = ctx
+        .eval(
+            r#"
+            Object.defineProperty(BigInt.prototype, "toJSON", {
+              value() { return JSON.rawJSON(this.toString()); },
+              writable: true, configurable: true,
+            });
+            (() => {
+              const parse = JSON.parse, isSafe = Number.isSafeInteger, digits = /^-?[0-9]+$/;
+              const exact = (key, value, context) =>
+                typeof value === "number" && !isSafe(value) && digits.test(context.source)
+                  ? BigInt(context.source) : value;
+              return (text) => parse(text, exact);
+            })()
+            "#,
+        )
+        .map_err(engine_error)?;
+    Ok(Persistent::save(ctx, parse))
+}
+
+/// Whether `json` may hold an integer that a JS number cannot (2^53 has 16 digits). Digits in
+/// strings count too: a false positive only costs the slower parse.
+fn has_long_digit_run(json: &[u8]) -> bool {
+    json.split(|b| !b.is_ascii_digit())
+        .any(|run| run.len() >= 16)
 }
 
 fn evaluate<'js>(
@@ -209,13 +250,20 @@ fn call_in<'js>(
     ctx: &Ctx<'js>,
     export: Export,
     function: Persistent<Function<'static>>,
+    parse_exact: Option<Persistent<Function<'static>>>,
     request: &[u8],
 ) -> Result<String, String> {
     let name = export.name();
     let function = function.restore(ctx).map_err(|e| e.to_string())?;
-    let request: Value<'js> = ctx
-        .json_parse(request.to_vec())
-        .map_err(|e| format!("the request is not valid JSON: {}", thrown(ctx, e)))?;
+    let parsed = match parse_exact {
+        None => ctx.json_parse(request.to_vec()),
+        Some(parse) => {
+            let text = String::from_utf8_lossy(request);
+            parse.restore(ctx).and_then(|p| p.call((text.as_ref(),)))
+        }
+    };
+    let request: Value<'js> =
+        parsed.map_err(|e| format!("the request is not valid JSON: {}", thrown(ctx, e)))?;
     let mut result: Value<'js> = function.call((request,)).map_err(|e| thrown(ctx, e))?;
 
     if let Some(promise) = result.as_promise().cloned() {
@@ -495,6 +543,27 @@ mod tests {
                 name: "reconcile".into(),
                 found: "int".into()
             }
+        );
+    }
+
+    #[test]
+    fn integers_beyond_2_pow_53_arrive_as_bigint_and_are_written_back_exactly() {
+        let e = engine(
+            "export function reconcile(r) { return { status: { types: [typeof r.big, typeof r.small, typeof r.float], \
+             big: r.big, next: r.big + 1n, small: r.small, float: r.float, id: r.id } }; }",
+        );
+        let out = e
+            .call(
+                Export::Reconcile,
+                br#"{"big":18446744073709551615,"small":7,"float":1e300,"id":"12345678901234567890"}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            r#"{"status":{"types":["bigint","number","number"],"big":18446744073709551615,"next":18446744073709551616,"small":7,"float":1e+300,"id":"12345678901234567890"}}"#
+        );
+        assert!(
+            has_long_digit_run(b"[9007199254740993]") && !has_long_digit_run(b"[900719925474099]")
         );
     }
 
