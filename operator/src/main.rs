@@ -39,6 +39,30 @@ enum Command {
     Crd,
     /// Print the plugin ABI's JSON Schema.
     Schema,
+    /// JavaScript plugins.
+    Js {
+        #[command(subcommand)]
+        command: JsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JsCommand {
+    /// Build a self-contained, pre-initialised plugin from one JavaScript file (bundle
+    /// TypeScript or npm imports first, e.g. with esbuild). Like extism-js, without it.
+    Build {
+        /// The JavaScript source: `export function reconcile(request) { ... }`.
+        source: PathBuf,
+        /// Where to write the plugin.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The wasmop JS runtime (built by `make plugins`).
+        #[arg(long, env = "WASMOP_JS_RUNTIME", default_value_os_t = wasmop_js_build::default_runtime_path())]
+        runtime: PathBuf,
+        /// Shrink the result with binaryen's wasm-opt when it is installed.
+        #[arg(long)]
+        wasm_opt: bool,
+    },
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -85,6 +109,30 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Crd => {
             print!("{}", wasmop::crd::crd_yaml());
+            Ok(())
+        }
+        Command::Js { command: JsCommand::Build { source, output, runtime, wasm_opt } } => {
+            use anyhow::Context as _;
+            let js = std::fs::read_to_string(&source).with_context(|| format!("reading {}", source.display()))?;
+            let runtime = wasmop_js_build::load_runtime(&runtime)?;
+            let name = source.file_name().map_or_else(|| "plugin.js".into(), |n| n.to_string_lossy().into_owned());
+            let opt = if wasm_opt { wasmop_js_build::WasmOpt::IfInstalled } else { wasmop_js_build::WasmOpt::Off };
+            let started = std::time::Instant::now();
+            // wasmtime-wasi's synchronous API drives its own runtime: keep it off tokio's threads.
+            let plugin = tokio::task::spawn_blocking(move || wasmop_js_build::Builder::new(&runtime).file_name(name).wasm_opt(opt).build(&js))
+                .await??;
+            if !plugin.console.is_empty() {
+                eprint!("{}", plugin.console);
+            }
+            std::fs::write(&output, &plugin.wasm).with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "wrote {} ({} bytes{}{}) in {:.1}s",
+                output.display(),
+                plugin.wasm.len(),
+                if plugin.has_finalize { ", exports finalize" } else { "" },
+                if plugin.wasm_opt_ran { ", wasm-opt" } else { "" },
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::Schema => {
