@@ -7,7 +7,7 @@ CARGO ?= cargo
 PLUGIN_DIR := target/plugins
 WASM_RUST := target/wasm32-unknown-unknown/plugin
 
-.PHONY: help setup control-plane build plugins crds crds-check cluster dev test test-unit lint fmt bench clean
+.PHONY: help setup control-plane build plugins crds abi cluster dev test lint fmt clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -30,11 +30,17 @@ plugins: setup
 	$(CARGO) build -p website-plugin -p misbehave-plugin --target wasm32-unknown-unknown --profile plugin
 	@cp $(WASM_RUST)/website_plugin.wasm $(PLUGIN_DIR)/website-rust.wasm
 	@cp $(WASM_RUST)/misbehave_plugin.wasm $(PLUGIN_DIR)/misbehave.wasm
-	@ls -l $(PLUGIN_DIR)
+	@bash plugins/examples/website-js/build.sh   # QuickJS runtime + esbuild + pre-initialisation
+	@bash plugins/go/build.sh                    # standard Go, GOOS=wasip1 (stamped)
+	@ls -l $(PLUGIN_DIR)/*.wasm
 
 ## crds: regenerate crds/ from the Rust types (a test fails when they drift).
 crds:
 	$(CARGO) run -q -p wasmop -- crd > crds/wasmcontroller.yaml
+
+## abi: regenerate the ABI JSON Schema, TypeScript and Go types and docs/abi.md (drift-checked by a test).
+abi:
+	$(CARGO) run -q -p wasmop-schema
 
 ## cluster: the local control plane in the foreground (prints the KUBECONFIG line).
 cluster: control-plane
@@ -46,11 +52,14 @@ dev: control-plane build plugins
 
 ## test: all tests. End-to-end tests start the real control plane, wasmop and plugins.
 test: control-plane build plugins
+	@bash plugins/go/build.sh check
 	$(CARGO) test --workspace --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) run -q -p wasmop-schema -- --check
+	@bash plugins/go/build.sh check
 
 fmt:
 	$(CARGO) fmt --all

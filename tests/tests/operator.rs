@@ -348,6 +348,45 @@ subjects: [ { kind: ServiceAccount, name: limited } ]
     Ok(())
 }
 
+#[tokio::test]
+async fn the_rust_js_and_go_examples_make_the_same_children_and_status() -> Result<()> {
+    let (cp, op) = operator().await?;
+    let client = cp.client().await?;
+    let spec = json!({"content": "<h1>same</h1>", "image": "nginx:1.27-alpine"});
+    let mut seen = Vec::new();
+    for lang in ["rust", "js", "go"] {
+        let ns = team_namespace(cp, &client, &format!("parity-{lang}")).await?;
+        put_plugin(&client, &ns, "website-plugin", gzip(&plugin(&format!("website-{lang}")))).await?;
+        apply_controller(&client, &ns, "website", "website-plugin", json!({"replicas": 3}), json!({})).await?;
+        wait_ready(&client, &ns, "website").await.map_err(|e| anyhow!("{lang}: {e}\noperator log:\n{}", op.log_tail(40)))?;
+        create_website(&client, &ns, "site", spec.clone()).await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let dep = eventually(WAIT, &format!("{lang}: Deployment site"), || async { Ok(deployments.get_opt("site").await?) }).await?;
+        let cm = eventually(WAIT, &format!("{lang}: ConfigMap site-content"), || async { Ok(configmaps.get_opt("site-content").await?) }).await?;
+        let status = eventually(WAIT, &format!("{lang}: status"), || async {
+            Ok(get_website(&client, &ns, "site").await?.data.get("status").filter(|s| s["phase"].is_string()).cloned())
+        })
+        .await?;
+        let labels = cm.labels().clone();
+        seen.push((lang, serde_json::to_value(dep.spec)?, cm.data, labels, status));
+    }
+    for other in &seen[1..] {
+        assert_eq!(other.1, seen[0].1, "Deployment spec: {} vs {}", other.0, seen[0].0);
+        assert_eq!(other.2, seen[0].2, "ConfigMap data: {} vs {}", other.0, seen[0].0);
+        assert_eq!(other.3, seen[0].3, "ConfigMap labels: {} vs {}", other.0, seen[0].0);
+        assert_eq!(other.4, seen[0].4, "status: {} vs {}", other.0, seen[0].0);
+    }
+    assert_eq!(seen[0].1["replicas"], 3);
+    Ok(())
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut encoder, bytes).expect("compress");
+    encoder.finish().expect("finish")
+}
+
 fn zstd_compress(bytes: &[u8]) -> Vec<u8> {
     // zstd frame via the `zstd` CLI-free path: the operator decodes by magic bytes.
     let mut out = Vec::new();

@@ -3,8 +3,9 @@
 //! A plugin exports `reconcile` (and `finalize` when the WasmController sets
 //! `plugin.finalize`). Both take a JSON [`ReconcileRequest`] and return a JSON
 //! [`ReconcileResponse`]. These types are the single source of truth: the JSON Schema in
-//! `crds/abi.schema.json` is generated from them (`wasmop schema`), and the TypeScript and Go
-//! types are generated from that schema, each with a drift check.
+//! `plugins/schema/abi.schema.json` is generated from them (`make abi`, i.e. the
+//! `wasmop-schema` crate; `wasmop schema` prints the same), and the TypeScript and Go types and
+//! `docs/abi.md` are generated from that schema, each with a drift check.
 //!
 //! This crate has no extism dependency so that the host (`operator/`) and every PDK share it.
 
