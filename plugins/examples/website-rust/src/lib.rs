@@ -1,11 +1,12 @@
 //! Example wasmop plugin: a `Website` parent produces a ConfigMap (its page) and a Deployment
-//! (nginx serving it), and reports what it made in status. Behaviour: ../WEBSITE.md.
+//! (nginx serving it), and reports what it made in status. Behaviour:
+//! plugins/examples/WEBSITE.md.
 //!
-//! The logic is a plain function ([`reconcile`]) so it is unit-tested natively; the Extism
-//! exports exist only in the wasm build.
+//! Written with wasmop-pdk (`plugins/pdk-rust`). Its tests run natively (`cargo test -p
+//! website-plugin`) against the golden cases the Go example must match byte for byte
+//! (`plugins/examples/website-go/testdata/cases.json`).
 
-use serde_json::{Value, json};
-use wasmop_abi::{Event, EventType, ReconcileRequest, ReconcileResponse};
+use wasmop_pdk::prelude::*;
 
 const DEFAULT_IMAGE: &str = "nginx:1.27";
 
@@ -13,136 +14,122 @@ const DEFAULT_IMAGE: &str = "nginx:1.27";
 ///
 /// # Errors
 /// `spec.replicas` that is not a non-negative integer.
-pub fn reconcile(req: &ReconcileRequest) -> Result<ReconcileResponse, String> {
-    let obj = &req.object;
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-    let spec = &obj["spec"];
+pub fn reconcile(req: &ReconcileRequest) -> Result<ReconcileResponse> {
+    let name = req.name();
+    let spec = req.spec();
+    // Lenient on purpose (WEBSITE.md): a non-string image or content reads as unset.
     let image = spec["image"].as_str().unwrap_or(DEFAULT_IMAGE);
-    let replicas = match &spec["replicas"] {
-        Value::Null => req.controller.config["replicas"].as_u64().unwrap_or(1),
-        v => v.as_u64().ok_or("spec.replicas must be a non-negative integer")?,
+    let replicas = match spec.u64("replicas")? {
+        Some(r) => r,
+        None => req.config()["replicas"].as_u64().unwrap_or(1),
     };
     let content = spec["content"].as_str().filter(|c| !c.is_empty());
-    let labels = json!({"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "wasmop"});
-    let selector = json!({"app.kubernetes.io/name": name});
+    let labels = [
+        ("app.kubernetes.io/name", name),
+        ("app.kubernetes.io/managed-by", "wasmop"),
+    ];
+    let selector = json!({ "app.kubernetes.io/name": name });
 
-    let mut children = Vec::new();
-    let mut container = json!({"name": "web", "image": image, "ports": [{"containerPort": 80}]});
+    let mut out = ReconcileResponse::default();
+    let mut container =
+        json!({ "name": "web", "image": image, "ports": [{ "containerPort": 80 }] });
     let mut pod_spec = json!({});
     if let Some(content) = content {
         let cm_name = format!("{name}-content");
-        children.push(json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": cm_name, "labels": labels},
-            "data": {"index.html": content},
-        }));
-        container["volumeMounts"] = json!([{"name": "content", "mountPath": "/usr/share/nginx/html"}]);
-        pod_spec["volumes"] = json!([{"name": "content", "configMap": {"name": cm_name}}]);
+        container["volumeMounts"] =
+            json!([{ "name": "content", "mountPath": "/usr/share/nginx/html" }]);
+        pod_spec["volumes"] = json!([{ "name": "content", "configMap": { "name": cm_name } }]);
+        out.push_child(
+            child("v1", "ConfigMap", &cm_name)
+                .labels(labels)
+                .field("data", json!({ "index.html": content })),
+        );
     }
     pod_spec["containers"] = json!([container]);
-    children.push(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
+    out.push_child(child("apps/v1", "Deployment", name).labels(labels).field(
+        "spec",
+        json!({
             "replicas": replicas,
-            "selector": {"matchLabels": selector},
-            "template": {"metadata": {"labels": selector}, "spec": pod_spec},
-        },
-    }));
+            "selector": { "matchLabels": selector },
+            "template": { "metadata": { "labels": selector }, "spec": pod_spec },
+        }),
+    ));
 
-    let current = |kind: &str, api_version: &str, child: &str| {
-        req.children
-            .get(&wasmop_abi::child_key(api_version, kind))
-            .and_then(|by_name| by_name.get(child))
-    };
-    let available = current("Deployment", "apps/v1", name)
+    let available = req
+        .child("apps/v1", "Deployment", name)
         .and_then(|d| d["status"]["availableReplicas"].as_u64())
         .unwrap_or(0);
-    let mut made = Vec::new();
-    let mut events = Vec::new();
-    for child in &children {
-        let (kind, child_name) = (child["kind"].as_str().unwrap(), child["metadata"]["name"].as_str().unwrap());
-        made.push(format!("{kind}/{child_name}"));
-        if current(kind, child["apiVersion"].as_str().unwrap(), child_name).is_none() {
-            events.push(Event {
-                type_: EventType::Normal,
-                reason: "Created".into(),
-                message: format!("created {kind}/{child_name}"),
-            });
-        }
+    let made: Vec<String> = out.children.iter().map(reference).collect();
+    let new: Vec<String> = out
+        .children
+        .iter()
+        .filter(|c| req.existing(c).is_none())
+        .map(reference)
+        .collect();
+    for r in new {
+        out.normal("Created", format!("created {r}"));
     }
-    let status = json!({
+    out.set_status(json!({
         "phase": if available >= replicas { "Ready" } else { "Progressing" },
-        "observedGeneration": obj["metadata"]["generation"].as_i64().unwrap_or(0),
+        "observedGeneration": req.generation(),
         "replicas": replicas,
         "availableReplicas": available,
         "children": made,
-    });
-    Ok(ReconcileResponse { children, status: Some(status), events, ..Default::default() })
+    }));
+    Ok(out)
 }
 
-#[cfg(target_arch = "wasm32")]
-mod exports {
-    #![allow(unsafe_code)] // extism-pdk's #[plugin_fn] expands to the `extern "C"` export shims
-    use extism_pdk::{FnResult, Json, plugin_fn};
-    use wasmop_abi::{ReconcileRequest, ReconcileResponse};
-
-    #[plugin_fn]
-    pub fn reconcile(Json(req): Json<ReconcileRequest>) -> FnResult<Json<ReconcileResponse>> {
-        Ok(Json(super::reconcile(&req).map_err(extism_pdk::Error::msg)?))
-    }
-
-    #[plugin_fn]
-    pub fn finalize(Json(_req): Json<ReconcileRequest>) -> FnResult<Json<ReconcileResponse>> {
-        Ok(Json(ReconcileResponse { finalized: true, ..Default::default() }))
-    }
+/// Nothing outside the cluster to clean up.
+pub fn finalize(_req: &ReconcileRequest) -> Result<ReconcileResponse> {
+    Ok(finalized())
 }
+
+wasmop_pdk::export!(reconcile = reconcile, finalize = finalize);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn request(spec: Value) -> ReconcileRequest {
-        ReconcileRequest {
-            object: json!({"metadata": {"name": "site", "generation": 2}, "spec": spec}),
-            ..Default::default()
+    /// The golden cases shared with the Go example: the request, which export, and the exact
+    /// response bytes (or error message) the plugin must produce.
+    #[test]
+    fn every_golden_case_gives_exactly_the_recorded_bytes() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../website-go/testdata/cases.json"
+        );
+        let text = std::fs::read_to_string(path).expect("golden cases are committed");
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let cases = doc["cases"].as_array().expect("a `cases` list").clone();
+        assert!(cases.len() >= 10, "the golden file lost cases");
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let input = serde_json::to_vec(&case["request"]).unwrap();
+            let got = match case["export"].as_str().unwrap() {
+                "reconcile" => wasmop_pdk::call_json(&input, reconcile),
+                "finalize" => wasmop_pdk::call_json(&input, finalize),
+                other => panic!("{name}: unknown export {other}"),
+            };
+            match (got, case["response"].as_str(), case["error"].as_str()) {
+                (Ok(bytes), Some(want), None) => {
+                    assert_eq!(String::from_utf8(bytes).unwrap(), want, "{name}")
+                }
+                (Err(e), None, Some(want)) => assert_eq!(e.to_string(), want, "{name}"),
+                (got, _, _) => panic!("{name}: unexpected {got:?}"),
+            }
         }
     }
 
     #[test]
-    fn content_makes_a_configmap_mounted_into_the_deployment() {
-        let r = reconcile(&request(json!({"content": "<h1>hi</h1>", "replicas": 3}))).unwrap();
-        assert_eq!(r.children.len(), 2);
-        assert_eq!(r.children[0]["data"]["index.html"], "<h1>hi</h1>");
-        assert_eq!(r.children[1]["spec"]["replicas"], 3);
-        assert_eq!(r.children[1]["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"], "site-content");
-        assert_eq!(r.events.len(), 2, "both children are new");
-        assert_eq!(r.status.unwrap()["phase"], "Progressing");
-    }
-
-    #[test]
-    fn no_content_means_only_a_deployment() {
-        let r = reconcile(&request(json!({}))).unwrap();
-        assert_eq!(r.children.len(), 1);
-        assert_eq!(r.children[0]["kind"], "Deployment");
-        assert_eq!(r.children[0]["spec"]["replicas"], 1);
-    }
-
-    #[test]
-    fn existing_children_emit_no_events() {
-        let mut req = request(json!({}));
-        req.children.insert(
-            "Deployment.apps/v1".into(),
-            [("site".to_string(), json!({"status": {"availableReplicas": 1}}))].into(),
-        );
-        let r = reconcile(&req).unwrap();
-        assert!(r.events.is_empty());
-        assert_eq!(r.status.unwrap()["phase"], "Ready");
-    }
-
-    #[test]
     fn negative_replicas_is_an_error_naming_the_field() {
-        let err = reconcile(&request(json!({"replicas": -1}))).unwrap_err();
-        assert_eq!(err, "spec.replicas must be a non-negative integer");
+        let req = ReconcileRequest {
+            object: json!({"metadata": {"name": "site"}, "spec": {"replicas": -1}}),
+            ..Default::default()
+        };
+        let err = reconcile(&req).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "spec.replicas must be a non-negative integer"
+        );
     }
 }
