@@ -73,9 +73,13 @@ fn default_cache_dir() -> PathBuf {
         .join("wasmop/plugins")
 }
 
+/// Plugin log calls arrive as events of target `extism::pdk` inside the reconcile span, so
+/// they carry the controller and parent fields; the rest of extism and wasmtime is quiet.
+const DEFAULT_LOG_FILTER: &str = "info,extism=warn,extism::pdk=info,cranelift=warn,wasmtime=warn";
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WASMOP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,extism=warn,cranelift=warn,wasmtime=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if format == "json" {

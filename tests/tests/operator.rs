@@ -224,6 +224,11 @@ async fn editing_the_plugin_configmap_hot_reloads_and_deleting_the_controller_st
     let wc = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &wasmcontroller_resource()).get("site").await?;
     assert_eq!(wc.data["status"]["plugin"]["encoding"], "zstd");
 
+    // The plugin's log call reached the operator's log inside the reconcile span.
+    let logged = std::fs::read_to_string(&op.log)?;
+    let line = logged.lines().find(|l| l.contains("marking one")).context("plugin log line `marking one` in the operator log")?;
+    assert!(line.contains(&format!("controller={ns}/site")) && line.contains("parent=one"), "{line}");
+
     // Deleting the WasmController stops reconciliation.
     Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &wasmcontroller_resource())
         .delete("site", &Default::default())

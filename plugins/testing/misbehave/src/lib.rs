@@ -2,7 +2,7 @@
 //!
 //! | mode         | what it does                                                        |
 //! |--------------|---------------------------------------------------------------------|
-//! | `marker` (default) | well-behaved: one ConfigMap `<parent>-marker` with `data.mode` |
+//! | `marker` (default) | well-behaved: one ConfigMap `<parent>-marker` with `data.mode`; logs `marking <parent>` |
 //! | `loop`       | never returns (the host's timeout must stop it)                      |
 //! | `oom`        | allocates without end (the host's memory cap must stop it)           |
 //! | `garbage`    | returns bytes that are not JSON                                      |
@@ -46,7 +46,10 @@ pub fn reconcile(Json(req): Json<ReconcileRequest>) -> FnResult<Vec<u8>> {
         },
         "error" => return Err(extism_pdk::Error::msg("the plugin refuses: mode=error").into()),
         "panic" => panic!("mode=panic"),
-        _ => ReconcileResponse { children: vec![marker(&req)], status: Some(json!({"phase": "Marked"})), ..Default::default() },
+        _ => {
+            extism_pdk::info!("marking {}", req.object["metadata"]["name"].as_str().unwrap_or_default());
+            ReconcileResponse { children: vec![marker(&req)], status: Some(json!({"phase": "Marked"})), ..Default::default() }
+        }
     };
     Ok(serde_json::to_vec(&response)?)
 }
