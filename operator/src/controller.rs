@@ -542,7 +542,8 @@ fn hash(body: &Value) -> u64 {
     h.finish()
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` bytes (on a character boundary), marked with an ellipsis when cut.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.into();
     }

@@ -400,22 +400,10 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str, generation:
         type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
-        message: truncate_message(message),
+        message: crate::controller::truncate(message, 4096),
         observed_generation: generation,
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
     }
-}
-
-fn truncate_message(message: &str) -> String {
-    const MAX: usize = 4096;
-    if message.len() <= MAX {
-        return message.into();
-    }
-    let mut end = MAX;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message[..end].into()
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h30m`.
