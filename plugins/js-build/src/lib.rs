@@ -28,6 +28,7 @@ mod remove_export;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::Command;
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -285,13 +286,8 @@ impl<'r> Builder<'r> {
             file: self.file_name.clone(),
             detail,
         };
-        let mut config = Config::new();
-        // The module runs once: compile fast rather than well.
-        config.cranelift_opt_level(OptLevel::None);
-        let engine = Engine::new(&config).map_err(|e| crashed(format!("{e:#}")))?;
-        let module = Module::new(&engine, instrumented).map_err(|e| Error::NotARuntime {
-            reason: format!("{e:#}"),
-        })?;
+        let module = compile(instrumented)?;
+        let engine = module.engine().clone();
 
         let stdout = MemoryOutputPipe::new(MAX_CONSOLE_BYTES);
         let stderr = MemoryOutputPipe::new(MAX_CONSOLE_BYTES);
@@ -348,6 +344,32 @@ impl<'r> Builder<'r> {
             instance,
         })
     }
+}
+
+/// Compiles the instrumented runtime, reusing the last compilation when the runtime is the
+/// same: a process that builds many plugins (the operator, tests) compiles it once.
+fn compile(instrumented: &[u8]) -> Result<Module> {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    static LAST: Mutex<Option<(u64, usize, Module)>> = Mutex::new(None);
+
+    let key = BuildHasherDefault::<DefaultHasher>::default().hash_one(instrumented);
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((k, len, module)) = last.as_ref()
+        && (*k, *len) == (key, instrumented.len())
+    {
+        return Ok(module.clone());
+    }
+    let mut config = Config::new();
+    // The module runs once per build: compile fast rather than well.
+    config.cranelift_opt_level(OptLevel::None);
+    let engine = Engine::new(&config).map_err(|e| Error::NotARuntime {
+        reason: format!("{e:#}"),
+    })?;
+    let module = Module::new(&engine, instrumented).map_err(|e| Error::NotARuntime {
+        reason: format!("{e:#}"),
+    })?;
+    *last = Some((key, instrumented.len(), module.clone()));
+    Ok(module)
 }
 
 struct InitRun {
@@ -518,6 +540,18 @@ enum WasmOptError {
     Failed(String),
 }
 
+/// The Wasm features rustc and clang use for the runtime, named one by one: binaryen's
+/// `--all-features` also allows typed function references in its output, which wasmtime's
+/// default configuration (and so Extism) rejects.
+const WASM_FEATURES: &[&str] = &[
+    "--enable-bulk-memory",
+    "--enable-sign-ext",
+    "--enable-mutable-globals",
+    "--enable-nontrapping-float-to-int",
+    "--enable-reference-types",
+    "--enable-multivalue",
+];
+
 /// Runs `wasm-opt -Oz` over `wasm` through temporary files.
 fn wasm_opt(wasm: &[u8]) -> Result<Vec<u8>, WasmOptError> {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -535,12 +569,9 @@ fn wasm_opt(wasm: &[u8]) -> Result<Vec<u8>, WasmOptError> {
     let io = |e: std::io::Error| WasmOptError::Failed(e.to_string());
     std::fs::write(&input, wasm).map_err(io)?;
     let run = Command::new("wasm-opt")
-        .args([
-            "-Oz",
-            "--all-features",
-            "--strip-debug",
-            "--strip-producers",
-        ])
+        .arg("-Oz")
+        .args(WASM_FEATURES)
+        .args(["--strip-debug", "--strip-producers"])
         .arg(&input)
         .arg("-o")
         .arg(&output)

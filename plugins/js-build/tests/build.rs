@@ -238,3 +238,23 @@ fn the_bare_runtime_says_it_is_not_a_plugin() {
     let error = call(&mut bare, "reconcile", &json!({})).unwrap_err();
     assert!(error.contains("wasmop js build"), "{error}");
 }
+
+#[test]
+fn wasm_opt_output_still_loads_in_extism_when_binaryen_is_installed() {
+    let built = Builder::new(runtime())
+        .wasm_opt(wasmop_js_build::WasmOpt::IfInstalled)
+        .build(ECHO)
+        .unwrap();
+    let plain = build(ECHO).unwrap();
+    if built.wasm_opt_ran {
+        assert!(
+            built.wasm.len() < plain.wasm.len(),
+            "wasm-opt -Oz made the plugin larger"
+        );
+    }
+    let mut plugin =
+        Plugin::new(built.wasm, [], true).expect("Extism accepts the optimised module");
+    let request =
+        json!({ "controller": { "config": {} }, "object": { "metadata": { "name": "x" } } });
+    assert!(call(&mut plugin, "reconcile", &request).is_ok());
+}
