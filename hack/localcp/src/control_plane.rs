@@ -529,7 +529,10 @@ impl Local {
                     path: dir.clone(),
                     source,
                 })?;
-                (std::path::absolute(dir).unwrap_or_else(|_| dir.clone()), true)
+                (
+                    std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+                    true,
+                )
             }
             None => (temp_state_dir()?, false),
         };
@@ -561,12 +564,8 @@ impl Local {
             "--unsafe-no-fsync".to_string(),
             "--log-level=warn".to_string(),
         ];
-        let mut etcd_proc = supervisor.spawn(
-            "etcd",
-            &binaries.etcd,
-            &etcd_args,
-            &logs.join("etcd.log"),
-        )?;
+        let mut etcd_proc =
+            supervisor.spawn("etcd", &binaries.etcd, &etcd_args, &logs.join("etcd.log"))?;
         wait_for(
             "etcd /health",
             opts.start_timeout,

@@ -13,7 +13,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("reading kubeconfig {path}: {source}; check the file exists and names a current context")]
+    #[error(
+        "reading kubeconfig {path}: {source}; check the file exists and names a current context"
+    )]
     Read {
         path: PathBuf,
         #[source]
@@ -101,9 +103,10 @@ pub async fn config(path: &Path) -> Result<kube::Config> {
         source,
     };
     let kubeconfig = Kubeconfig::read_from(path).map_err(read_err)?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(read_err)?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(read_err)?;
     config.read_timeout = None;
     Ok(config)
 }

@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand};
 use localcp::{ControlPlane, FaultOptions, Options};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "The real Kubernetes control plane on loopback, for wasmop's dev loop")]
+#[command(
+    version,
+    about = "The real Kubernetes control plane on loopback, for wasmop's dev loop"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,7 +37,11 @@ enum Command {
         #[arg(long)]
         no_controller_manager: bool,
         /// Extra kube-apiserver flag (repeatable), e.g. --apiserver-arg=--v=4.
-        #[arg(long = "apiserver-arg", value_name = "FLAG", allow_hyphen_values = true)]
+        #[arg(
+            long = "apiserver-arg",
+            value_name = "FLAG",
+            allow_hyphen_values = true
+        )]
         apiserver_args: Vec<String>,
     },
     /// Build the binaries (runs hack/build-control-plane.sh; a no-op when up to date).

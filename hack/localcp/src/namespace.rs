@@ -10,7 +10,9 @@ pub const TEST_LABEL: &str = "wasmop.dev/test";
 /// Errors creating or deleting test namespaces.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("prefix {prefix:?} cannot start a namespace name: use lowercase letters, digits and '-', starting with a letter, at most 40 characters")]
+    #[error(
+        "prefix {prefix:?} cannot start a namespace name: use lowercase letters, digits and '-', starting with a letter, at most 40 characters"
+    )]
     BadPrefix { prefix: String },
     #[error("creating namespace {name}: {source}")]
     Create {

@@ -113,12 +113,13 @@ impl Pki {
         admin.distinguished_name = name("localcp-admin", Some("system:masters"));
         admin.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin
-            .signed_by(&admin_key, &issuer)
-            .map_err(|source| Error::Generate {
-                what: "admin client certificate",
-                source,
-            })?;
+        let admin_cert =
+            admin
+                .signed_by(&admin_key, &issuer)
+                .map_err(|source| Error::Generate {
+                    what: "admin client certificate",
+                    source,
+                })?;
 
         let sa_key = keypair("service-account signing key")?;
 

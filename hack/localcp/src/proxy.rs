@@ -8,6 +8,10 @@
 //! headers and `Authorization` (the upstream identity is the admin's). Upgrades (exec,
 //! port-forward) are not supported.
 //!
+//! The proxy runs on a thread and tokio runtime of its own, so it keeps serving while the
+//! test's runtime is blocked (e.g. running kubectl with `std::process`), and one proxy can
+//! serve tests on any runtime.
+//!
 //! Decisions come from a xorshift generator seeded by [`FaultConfig::seed`] and are taken in
 //! request-arrival order, so a single-threaded test sees the same faults every run.
 
@@ -42,11 +46,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("building the upstream client: {source}")]
-    Upstream {
+    #[error("starting the fault proxy's thread: {source}")]
+    Thread {
         #[source]
-        source: Box<crate::control_plane::Error>,
+        source: std::io::Error,
     },
+    #[error("the fault proxy's thread ended while starting")]
+    ThreadGone,
     #[error(transparent)]
     Kubeconfig(#[from] kubeconfig::Error),
     #[error("creating a directory for the proxy's kubeconfig {path}: {source}")]
@@ -55,7 +61,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("FaultConfig: error_500_per_mille + error_429_per_mille is {sum}, more than 1000; lower them")]
+    #[error(
+        "FaultConfig: error_500_per_mille + error_429_per_mille is {sum}, more than 1000; lower them"
+    )]
     BadRates { sum: u32 },
 }
 
@@ -125,7 +133,8 @@ pub struct FaultProxy {
     /// A directory of our own to delete on drop (when the upstream has no state dir).
     own_dir: Option<PathBuf>,
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct Shared {
@@ -163,7 +172,7 @@ struct Decision {
 }
 
 impl FaultProxy {
-    /// Starts a proxy in front of `upstream`, on the calling tokio runtime.
+    /// Starts a proxy in front of `upstream` (on its own thread; callable from any runtime).
     ///
     /// # Errors
     /// [`Error::BadRates`] for rates above 1000‰ in total; bind, client and file errors.
@@ -172,15 +181,14 @@ impl FaultProxy {
         if sum > 1000 {
             return Err(Error::BadRates { sum });
         }
-        let client = upstream.client().await.map_err(|e| Error::Upstream {
-            source: Box::new(e),
-        })?;
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .map_err(|source| Error::Bind { source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| Error::Bind { source })?;
+        let upstream_kubeconfig = upstream.kubeconfig().to_path_buf();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("localcp-fault-proxy".into())
+            .spawn(move || run(upstream_kubeconfig, config, ready_tx, stop_rx))
+            .map_err(|source| Error::Thread { source })?;
+        let (addr, shared) = ready_rx.await.map_err(|_| Error::ThreadGone)??;
 
         let (dir, own_dir) = match upstream.dir() {
             Some(dir) => (dir.to_path_buf(), None),
@@ -198,30 +206,22 @@ impl FaultProxy {
             }
         };
         let kubeconfig = dir.join(format!("fault-proxy-{}.kubeconfig", addr.port()));
-        kubeconfig::write(
-            &kubeconfig,
-            "localcp-fault-proxy",
-            &format!("http://{addr}"),
-            None,
-            User::None,
-        )?;
-
-        let shared = Arc::new(Shared {
-            upstream: client,
-            state: Mutex::new(State {
-                rng: XorShift::new(config.seed),
-                config,
-                counts: FaultCounts::default(),
-            }),
-        });
-        let task = tokio::spawn(serve(listener, shared.clone()));
-        Ok(Self {
+        let proxy = Self {
             addr,
             kubeconfig,
             own_dir,
             shared,
-            task,
-        })
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        kubeconfig::write(
+            &proxy.kubeconfig,
+            "localcp-fault-proxy",
+            &proxy.url(),
+            None,
+            User::None,
+        )?;
+        Ok(proxy)
     }
 
     /// A kubeconfig whose server is the proxy (no credentials: the proxy authenticates
@@ -257,8 +257,14 @@ impl FaultProxy {
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        // Aborting the accept loop drops its JoinSet, which aborts every connection.
-        self.task.abort();
+        // Ending the accept loop drops its JoinSet, which aborts every connection; then the
+        // thread's runtime shuts down.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
         let _ = std::fs::remove_file(&self.kubeconfig);
         if let Some(dir) = &self.own_dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -279,7 +285,11 @@ impl Shared {
 impl State {
     /// The fate of one request; counts it.
     fn decide(&mut self, is_watch: bool) -> Decision {
-        let State { config, rng, counts } = self;
+        let State {
+            config,
+            rng,
+            counts,
+        } = self;
         counts.requests += 1;
         let (lo, hi) = (*config.latency_ms.start(), *config.latency_ms.end());
         let delay_ms = if hi > lo {
@@ -318,6 +328,60 @@ impl State {
     }
 }
 
+type Ready = Result<(SocketAddr, Arc<Shared>)>;
+
+/// The proxy thread: a runtime of its own, the upstream client, the accept loop until `stop`.
+fn run(
+    upstream_kubeconfig: PathBuf,
+    config: FaultConfig,
+    ready: tokio::sync::oneshot::Sender<Ready>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(source) => {
+            let _ = ready.send(Err(Error::Thread { source }));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let setup = async {
+            let upstream = kubeconfig::client(&upstream_kubeconfig).await?;
+            let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .map_err(|source| Error::Bind { source })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| Error::Bind { source })?;
+            let shared = Arc::new(Shared {
+                upstream,
+                state: Mutex::new(State {
+                    rng: XorShift::new(config.seed),
+                    config,
+                    counts: FaultCounts::default(),
+                }),
+            });
+            Ok::<_, Error>((listener, addr, shared))
+        };
+        match setup.await {
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+            Ok((listener, addr, shared)) => {
+                if ready.send(Ok((addr, shared.clone()))).is_ok() {
+                    tokio::select! {
+                        () = serve(listener, shared) => {}
+                        _ = stop => {}
+                    }
+                }
+            }
+        }
+    });
+}
+
 async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -343,7 +407,10 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<ProxyBody>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let decision = shared.decide(is_watch(req.uri()));
     if !decision.delay.is_zero() {
         tokio::time::sleep(decision.delay).await;

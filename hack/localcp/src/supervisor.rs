@@ -50,7 +50,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("talking to the watchdog: {source}; it was killed from outside, so stop the control plane and start it again")]
+    #[error(
+        "talking to the watchdog: {source}; it was killed from outside, so stop the control plane and start it again"
+    )]
     WatchdogGone {
         #[source]
         source: std::io::Error,
@@ -314,7 +316,10 @@ mod tests {
 
     fn alive(pid: u32) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map(|s| !s.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
+            .map(|s| {
+                !s.lines()
+                    .any(|l| l.starts_with("State:") && l.contains('Z'))
+            })
             .unwrap_or(false)
     }
 
