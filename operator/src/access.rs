@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use kube::api::PostParams;
 use kube::{Api, Client, Config};
 
@@ -19,8 +21,16 @@ pub const REVIEW_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("ServiceAccount {namespace}/{service_account} may not {verb} {resource} in namespace {namespace}: grant it with a Role and RoleBinding (rules: apiGroups [{group:?}], resources [{resource:?}], verbs [{verb:?}])")]
-    Denied { namespace: String, service_account: String, verb: String, group: String, resource: String },
+    #[error(
+        "ServiceAccount {namespace}/{service_account} may not {verb} {resource} in namespace {namespace}: grant it with a Role and RoleBinding (rules: apiGroups [{group:?}], resources [{resource:?}], verbs [{verb:?}])"
+    )]
+    Denied {
+        namespace: String,
+        service_account: String,
+        verb: String,
+        group: String,
+        resource: String,
+    },
     #[error("asking the API server for an access review: {0}")]
     Review(#[source] kube::Error),
     #[error("building a client impersonating {user}: {source}")]
@@ -60,17 +70,29 @@ pub struct Access {
 
 impl Access {
     pub fn new(client: Client) -> Self {
-        Access { client, cache: Mutex::new(HashMap::new()) }
+        Access {
+            client,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Succeeds when `namespace/service_account` may `verb` each `(group, resource)` in `namespace`.
     ///
     /// # Errors
     /// [`Error::Denied`] naming the first missing permission and the Role rule that grants it.
-    pub async fn require(&self, namespace: &str, service_account: &str, verbs: &[&str], resources: &[(String, String)]) -> Result<()> {
+    pub async fn require(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        verbs: &[&str],
+        resources: &[(String, String)],
+    ) -> Result<()> {
         for (group, resource) in resources {
             for verb in verbs {
-                if !self.allowed(namespace, service_account, verb, group, resource).await? {
+                if !self
+                    .allowed(namespace, service_account, verb, group, resource)
+                    .await?
+                {
                     return Err(Error::Denied {
                         namespace: namespace.into(),
                         service_account: service_account.into(),
@@ -84,17 +106,35 @@ impl Access {
         Ok(())
     }
 
-    async fn allowed(&self, namespace: &str, sa: &str, verb: &str, group: &str, resource: &str) -> Result<bool> {
-        let key = (namespace.into(), sa.into(), verb.into(), group.into(), resource.into(), namespace.into());
-        if let Some((allowed, at)) = self.cache.lock().unwrap().get(&key) {
-            if at.elapsed() < REVIEW_TTL {
-                return Ok(*allowed);
-            }
+    async fn allowed(
+        &self,
+        namespace: &str,
+        sa: &str,
+        verb: &str,
+        group: &str,
+        resource: &str,
+    ) -> Result<bool> {
+        let key = (
+            namespace.into(),
+            sa.into(),
+            verb.into(),
+            group.into(),
+            resource.into(),
+            namespace.into(),
+        );
+        if let Some((allowed, at)) = self.cache.lock().unwrap().get(&key)
+            && at.elapsed() < REVIEW_TTL
+        {
+            return Ok(*allowed);
         }
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(service_account_user(namespace, sa)),
-                groups: Some(vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{namespace}"), "system:authenticated".into()]),
+                groups: Some(vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{namespace}"),
+                    "system:authenticated".into(),
+                ]),
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(namespace.into()),
                     verb: Some(verb.into()),
@@ -111,7 +151,10 @@ impl Access {
             .await
             .map_err(Error::Review)?;
         let allowed = answer.status.is_some_and(|s| s.allowed);
-        self.cache.lock().unwrap().insert(key, (allowed, Instant::now()));
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(key, (allowed, Instant::now()));
         Ok(allowed)
     }
 }

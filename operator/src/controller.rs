@@ -31,7 +31,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
-use wasmop_abi::{ABI_VERSION, ControllerInfo, EventType, FINALIZE_EXPORT, RECONCILE_EXPORT, ReconcileRequest, ReconcileResponse};
+use wasmop_abi::{
+    ABI_VERSION, ControllerInfo, EventType, FINALIZE_EXPORT, RECONCILE_EXPORT, ReconcileRequest,
+    ReconcileResponse,
+};
 
 use crate::access::{self, Access};
 use crate::crd::{KindRef, WasmControllerSpec};
@@ -47,7 +50,9 @@ pub enum Error {
     Forbidden(#[from] access::Error),
     #[error(transparent)]
     Plugin(#[from] plugin::Error),
-    #[error("plugin output is not a valid {ABI_VERSION} response: {source}. Return JSON with only children, status, apply, requeueAfterSeconds, events, finalized")]
+    #[error(
+        "plugin output is not a valid {ABI_VERSION} response: {source}. Return JSON with only children, status, apply, requeueAfterSeconds, events, finalized"
+    )]
     InvalidOutput {
         #[source]
         source: serde_json::Error,
@@ -73,7 +78,9 @@ impl Error {
         match self {
             Error::Forbidden(_) => "forbidden",
             Error::Plugin(e) => e.metric_label(),
-            Error::InvalidOutput { .. } | Error::Plan(_) | Error::UnknownKind { .. } => "invalid_output",
+            Error::InvalidOutput { .. } | Error::Plan(_) | Error::UnknownKind { .. } => {
+                "invalid_output"
+            }
             Error::Related(_) => "related",
             Error::Write { .. } => "write_failed",
         }
@@ -84,14 +91,22 @@ impl Error {
         match self {
             Error::Forbidden(_) => "Forbidden",
             Error::Plugin(e) => e.reason(),
-            Error::InvalidOutput { .. } | Error::Plan(_) | Error::UnknownKind { .. } => "InvalidResponse",
+            Error::InvalidOutput { .. } | Error::Plan(_) | Error::UnknownKind { .. } => {
+                "InvalidResponse"
+            }
             Error::Related(_) => "RelatedUnavailable",
             Error::Write { .. } => "WriteRejected",
         }
     }
 
     fn is_plugin_failure(&self) -> bool {
-        matches!(self, Error::Plugin(_) | Error::InvalidOutput { .. } | Error::Plan(_) | Error::UnknownKind { .. })
+        matches!(
+            self,
+            Error::Plugin(_)
+                | Error::InvalidOutput { .. }
+                | Error::Plan(_)
+                | Error::UnknownKind { .. }
+        )
     }
 }
 
@@ -102,6 +117,9 @@ pub struct ChildKind {
     pub kind: KindRef,
     pub watch: Arc<SharedKind>,
 }
+
+/// What an apply last produced: (hash of the body we sent, resourceVersion it resulted in).
+type AppliedAs = (u64, String);
 
 /// The last failure of a parent, for status conditions.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,7 +144,7 @@ pub struct Runtime {
     pub resync: Duration,
     recorder: Recorder,
     /// What we last applied, by target: (hash of the body, resourceVersion it produced).
-    applied: Mutex<HashMap<(ObjRef, &'static str), (u64, String)>>,
+    applied: Mutex<HashMap<(ObjRef, &'static str), AppliedAs>>,
     backoff: Mutex<HashMap<String, Box<dyn Iterator<Item = Duration> + Send>>>,
     /// Current failures by parent name; the manager reports them on the WasmController.
     pub failures: Mutex<BTreeMap<String, Failure>>,
@@ -183,9 +201,16 @@ impl Runtime {
 pub async fn run(rt: Arc<Runtime>, shutdown: oneshot::Receiver<()>) {
     let ns = rt.namespace.clone();
     let parent_ar = rt.parent.resource.clone();
-    let concurrency = rt.spec.max_concurrent_reconciles.unwrap_or(crate::crd::DEFAULT_CONCURRENCY);
-    let mut controller = Controller::for_shared_stream_with(rt.parent.subscribe(ns.clone()), rt.parent.store.clone(), parent_ar.clone())
-        .with_config(ControllerConfig::default().concurrency(concurrency));
+    let concurrency = rt
+        .spec
+        .max_concurrent_reconciles
+        .unwrap_or(crate::crd::DEFAULT_CONCURRENCY);
+    let mut controller = Controller::for_shared_stream_with(
+        rt.parent.subscribe(ns.clone()),
+        rt.parent.store.clone(),
+        parent_ar.clone(),
+    )
+    .with_config(ControllerConfig::default().concurrency(concurrency));
     for child in &rt.children {
         let (par, label) = (parent_ar.clone(), rt.identity.label_value());
         controller = controller.watches_shared_stream_with(
@@ -203,11 +228,22 @@ pub async fn run(rt: Arc<Runtime>, shutdown: oneshot::Receiver<()>) {
 
 /// The parent a child belongs to: its controller ownerReference, if it is of the parent kind
 /// and the child carries this controller's label.
-fn owner_of(child: &DynamicObject, parent: &ApiResource, label: &str) -> Option<ObjectRef<DynamicObject>> {
-    if child.labels().get(plan::CONTROLLER_LABEL).map(String::as_str) != Some(label) {
+fn owner_of(
+    child: &DynamicObject,
+    parent: &ApiResource,
+    label: &str,
+) -> Option<ObjectRef<DynamicObject>> {
+    if child
+        .labels()
+        .get(plan::CONTROLLER_LABEL)
+        .map(String::as_str)
+        != Some(label)
+    {
         return None;
     }
-    let owner = child.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == parent.kind && o.api_version == parent.api_version)?;
+    let owner = child.owner_references().iter().find(|o| {
+        o.controller == Some(true) && o.kind == parent.kind && o.api_version == parent.api_version
+    })?;
     Some(ObjectRef::new_with(&owner.name, parent.clone()).within(&child.namespace()?))
 }
 
@@ -216,24 +252,46 @@ async fn reconcile(parent: Arc<DynamicObject>, rt: Arc<Runtime>) -> Result<Actio
     let name = parent.name_any();
     let span = tracing::info_span!("reconcile", controller = %rt.label(), parent = %name);
     let started = Instant::now();
-    let result = reconcile_parent(&parent, &rt).instrument(span.clone()).await;
+    let result = reconcile_parent(&parent, &rt)
+        .instrument(span.clone())
+        .await;
     let label = rt.label();
-    rt.metrics.reconcile_seconds.with_label_values(&[&label]).observe(started.elapsed().as_secs_f64());
+    rt.metrics
+        .reconcile_seconds
+        .with_label_values(&[&label])
+        .observe(started.elapsed().as_secs_f64());
     match &result {
         Ok(_) => {
-            rt.metrics.reconciles.with_label_values(&[&label, "success"]).inc();
+            rt.metrics
+                .reconciles
+                .with_label_values(&[&label, "success"])
+                .inc();
             rt.backoff.lock().unwrap().remove(&name);
             if rt.failures.lock().unwrap().remove(&name).is_some() {
                 let _ = rt.health.send(());
             }
         }
         Err(error) => {
-            rt.metrics.reconciles.with_label_values(&[&label, error.metric_label()]).inc();
+            rt.metrics
+                .reconciles
+                .with_label_values(&[&label, error.metric_label()])
+                .inc();
             if error.is_plugin_failure() {
-                rt.metrics.plugin_failures.with_label_values(&[&label, error.metric_label()]).inc();
+                rt.metrics
+                    .plugin_failures
+                    .with_label_values(&[&label, error.metric_label()])
+                    .inc();
             }
-            let failure = Failure { reason: error.reason().into(), message: error.to_string() };
-            let changed = rt.failures.lock().unwrap().insert(name.clone(), failure.clone()) != Some(failure.clone());
+            let failure = Failure {
+                reason: error.reason().into(),
+                message: error.to_string(),
+            };
+            let changed = rt
+                .failures
+                .lock()
+                .unwrap()
+                .insert(name.clone(), failure.clone())
+                != Some(failure.clone());
             if changed {
                 span.in_scope(|| tracing::warn!(reason = %failure.reason, "{}", failure.message));
                 let _ = rt.health.send(());
@@ -245,7 +303,11 @@ async fn reconcile(parent: Arc<DynamicObject>, rt: Arc<Runtime>) -> Result<Actio
                     action: "Reconcile".into(),
                     secondary: None,
                 };
-                if let Err(e) = rt.recorder.publish(&event, &parent.object_ref(&rt.parent.resource)).await {
+                if let Err(e) = rt
+                    .recorder
+                    .publish(&event, &parent.object_ref(&rt.parent.resource))
+                    .await
+                {
                     tracing::debug!(error = %e, "could not record a Warning event (does the account may create events?)");
                 }
             }
@@ -272,9 +334,24 @@ fn error_policy(parent: Arc<DynamicObject>, _error: &Error, rt: Arc<Runtime>) ->
 /// The reconcile of one parent, top-down.
 async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Result<Action> {
     // 1. The team's account must be able to read what the plugin is shown.
-    let mut readable: Vec<(String, String)> = vec![(rt.parent.resource.group.clone(), rt.parent.resource.plural.clone())];
-    readable.extend(rt.children.iter().map(|c| (c.watch.resource.group.clone(), c.watch.resource.plural.clone())));
-    rt.access.require(&rt.namespace, &rt.spec.service_account_name, &["get", "list", "watch"], &readable).await?;
+    let mut readable: Vec<(String, String)> = vec![(
+        rt.parent.resource.group.clone(),
+        rt.parent.resource.plural.clone(),
+    )];
+    readable.extend(rt.children.iter().map(|c| {
+        (
+            c.watch.resource.group.clone(),
+            c.watch.resource.plural.clone(),
+        )
+    }));
+    rt.access
+        .require(
+            &rt.namespace,
+            &rt.spec.service_account_name,
+            &["get", "list", "watch"],
+            &readable,
+        )
+        .await?;
 
     // 2. Deletion and our finalizer.
     let finalizer = rt.identity.finalizer();
@@ -293,7 +370,8 @@ async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Result<Action
     let mut related_inputs = BTreeMap::new();
     let mut related_targets = Vec::new();
     for spec in &rt.spec.related {
-        let (value, target) = related::resolve(&rt.client, spec, &parent_json, &rt.namespace).await?;
+        let (value, target) =
+            related::resolve(&rt.client, spec, &parent_json, &rt.namespace).await?;
         related_inputs.insert(spec.name.clone(), value);
         related_targets.extend(target);
     }
@@ -311,11 +389,19 @@ async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Result<Action
     };
 
     // 4. Call the plugin.
-    let export = if finalizing { FINALIZE_EXPORT } else { RECONCILE_EXPORT };
+    let export = if finalizing {
+        FINALIZE_EXPORT
+    } else {
+        RECONCILE_EXPORT
+    };
     let input = serde_json::to_vec(&request).expect("requests serialise");
     let output = rt.plugin.call(export, input).await?;
-    rt.metrics.plugin_call_seconds.with_label_values(&[&rt.label()]).observe(output.elapsed.as_secs_f64());
-    let response: ReconcileResponse = serde_json::from_slice(&output.output).map_err(|source| Error::InvalidOutput { source })?;
+    rt.metrics
+        .plugin_call_seconds
+        .with_label_values(&[&rt.label()])
+        .observe(output.elapsed.as_secs_f64());
+    let response: ReconcileResponse =
+        serde_json::from_slice(&output.output).map_err(|source| Error::InvalidOutput { source })?;
 
     // 5. Validate the whole response into a plan.
     let child_kinds: Vec<KindRef> = rt.children.iter().map(|c| c.kind.clone()).collect();
@@ -340,7 +426,10 @@ async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Result<Action
 
 /// This controller's current children of `parent` (from the caches): as plan input and as the
 /// plugin's `request.children` (every declared kind present, possibly empty).
-fn gather_children(rt: &Runtime, parent: &DynamicObject) -> (Vec<Owned>, BTreeMap<String, BTreeMap<String, Value>>) {
+fn gather_children(
+    rt: &Runtime,
+    parent: &DynamicObject,
+) -> (Vec<Owned>, BTreeMap<String, BTreeMap<String, Value>>) {
     let uid = parent.uid().unwrap_or_default();
     let label = rt.identity.label_value();
     let mut owned = Vec::new();
@@ -349,7 +438,10 @@ fn gather_children(rt: &Runtime, parent: &DynamicObject) -> (Vec<Owned>, BTreeMa
         let mut by_name = BTreeMap::new();
         for obj in child.watch.in_namespace(&rt.namespace) {
             let ours = obj.labels().get(plan::CONTROLLER_LABEL) == Some(&label)
-                && obj.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true));
+                && obj
+                    .owner_references()
+                    .iter()
+                    .any(|o| o.uid == uid && o.controller == Some(true));
             if !ours {
                 continue;
             }
@@ -365,15 +457,26 @@ fn gather_children(rt: &Runtime, parent: &DynamicObject) -> (Vec<Owned>, BTreeMa
             });
             by_name.insert(name, related::clean((*obj).clone(), &child.watch.resource));
         }
-        by_kind.insert(wasmop_abi::child_key(&child.kind.api_version, &child.kind.kind), by_name);
+        by_kind.insert(
+            wasmop_abi::child_key(&child.kind.api_version, &child.kind.kind),
+            by_name,
+        );
     }
     (owned, by_kind)
 }
 
 /// One write of a plan.
 enum Write<'a> {
-    Apply { target: &'static str, apply: &'a Apply, resource: ApiResource, subresource_status: bool },
-    Prune { owned: &'a Owned, resource: ApiResource },
+    Apply {
+        target: &'static str,
+        apply: &'a Apply,
+        resource: ApiResource,
+        subresource_status: bool,
+    },
+    Prune {
+        owned: &'a Owned,
+        resource: ApiResource,
+    },
 }
 
 /// Executes a plan: skip what is unchanged, dry-run the rest, then write it for real.
@@ -381,38 +484,83 @@ async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &plan::Plan) -> Res
     let mut writes = Vec::new();
     for apply in &plan.children {
         let resource = rt.child_resource(&apply.target)?;
-        writes.push(Write::Apply { target: "child", apply, resource, subresource_status: false });
+        writes.push(Write::Apply {
+            target: "child",
+            apply,
+            resource,
+            subresource_status: false,
+        });
     }
     for owned in &plan.prune {
-        writes.push(Write::Prune { owned, resource: rt.child_resource(&owned.target)? });
+        writes.push(Write::Prune {
+            owned,
+            resource: rt.child_resource(&owned.target)?,
+        });
     }
     for apply in &plan.patches {
-        let resource = if apply.target.kind == rt.parent.resource.kind && apply.target.api_version == rt.parent.resource.api_version {
+        let resource = if apply.target.kind == rt.parent.resource.kind
+            && apply.target.api_version == rt.parent.resource.api_version
+        {
             rt.parent.resource.clone()
         } else {
-            let gvk = crate::manager::gvk(&KindRef { api_version: apply.target.api_version.clone(), kind: apply.target.kind.clone() });
+            let gvk = crate::manager::gvk(&KindRef {
+                api_version: apply.target.api_version.clone(),
+                kind: apply.target.kind.clone(),
+            });
             kube::discovery::pinned_kind(&rt.client, &gvk)
                 .await
                 .map(|(ar, _)| ar)
-                .map_err(|source| Error::Write { action: "discovery", target: apply.target.clone(), source })?
+                .map_err(|source| Error::Write {
+                    action: "discovery",
+                    target: apply.target.clone(),
+                    source,
+                })?
         };
-        writes.push(Write::Apply { target: "patch", apply, resource, subresource_status: false });
+        writes.push(Write::Apply {
+            target: "patch",
+            apply,
+            resource,
+            subresource_status: false,
+        });
     }
     if let Some(status) = &plan.status {
-        writes.push(Write::Apply { target: "status", apply: status, resource: rt.parent.resource.clone(), subresource_status: true });
+        writes.push(Write::Apply {
+            target: "status",
+            apply: status,
+            resource: rt.parent.resource.clone(),
+            subresource_status: true,
+        });
     }
 
     let label = rt.label();
     writes.retain(|w| match w {
-        Write::Apply { target, apply, resource, subresource_status } => {
-            let live_rv = if *subresource_status || apply.target.kind == rt.parent.resource.kind && apply.target.name == parent.name_any() && *target == "patch" {
+        Write::Apply {
+            target,
+            apply,
+            resource,
+            subresource_status,
+        } => {
+            let live_rv = if *subresource_status
+                || apply.target.kind == rt.parent.resource.kind
+                    && apply.target.name == parent.name_any()
+                    && *target == "patch"
+            {
                 parent.resource_version()
             } else {
                 rt.live_resource_version(resource, &apply.target)
             };
-            let unchanged = live_rv.is_some_and(|rv| rt.applied.lock().unwrap().get(&(apply.target.clone(), *target)) == Some(&(hash(&apply.body), rv)));
+            let unchanged = live_rv.is_some_and(|rv| {
+                rt.applied
+                    .lock()
+                    .unwrap()
+                    .get(&(apply.target.clone(), *target))
+                    == Some(&(hash(&apply.body), rv))
+            });
             if unchanged {
-                rt.metrics.applies_skipped.with_label_values(&[label.as_str(), *target]).inc();
+                rt.metrics
+                    .applies_skipped
+                    .with_label_values(&[label.as_str(), *target])
+                    .inc();
             }
             !unchanged
         }
@@ -430,9 +578,15 @@ async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &plan::Plan) -> Res
         let rv = write_one(rt, write, false).await?;
         match write {
             Write::Apply { target, apply, .. } => {
-                rt.metrics.applies.with_label_values(&[label.as_str(), *target]).inc();
+                rt.metrics
+                    .applies
+                    .with_label_values(&[label.as_str(), *target])
+                    .inc();
                 if let Some(rv) = rv {
-                    rt.applied.lock().unwrap().insert((apply.target.clone(), *target), (hash(&apply.body), rv));
+                    rt.applied
+                        .lock()
+                        .unwrap()
+                        .insert((apply.target.clone(), *target), (hash(&apply.body), rv));
                 }
             }
             Write::Prune { owned, .. } => {
@@ -455,8 +609,17 @@ async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &plan::Plan) -> Res
             secondary: None,
         };
         if let Err(source) = rt.recorder.publish(&event, &reference).await {
-            let target = ObjRef { api_version: "events.k8s.io/v1".into(), kind: "Event".into(), namespace: rt.namespace.clone(), name: ev.reason.clone() };
-            return Err(Error::Write { action: "recording an event", target, source });
+            let target = ObjRef {
+                api_version: "events.k8s.io/v1".into(),
+                kind: "Event".into(),
+                namespace: rt.namespace.clone(),
+                name: ev.reason.clone(),
+            };
+            return Err(Error::Write {
+                action: "recording an event",
+                target,
+                source,
+            });
         }
     }
     Ok(())
@@ -465,14 +628,22 @@ async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &plan::Plan) -> Res
 /// Sends one write (or its dry run). Returns the resourceVersion an apply produced.
 async fn write_one(rt: &Runtime, write: &Write<'_>, dry_run: bool) -> Result<Option<String>> {
     match write {
-        Write::Apply { apply, resource, subresource_status, .. } => {
-            let api: Api<DynamicObject> = Api::namespaced_with(rt.client.clone(), &apply.target.namespace, resource);
+        Write::Apply {
+            apply,
+            resource,
+            subresource_status,
+            ..
+        } => {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(rt.client.clone(), &apply.target.namespace, resource);
             let mut params = PatchParams::apply(&rt.identity.field_manager).force();
             params.dry_run = dry_run;
             let result = if *subresource_status {
-                api.patch_status(&apply.target.name, &params, &Patch::Apply(&apply.body)).await
+                api.patch_status(&apply.target.name, &params, &Patch::Apply(&apply.body))
+                    .await
             } else {
-                api.patch(&apply.target.name, &params, &Patch::Apply(&apply.body)).await
+                api.patch(&apply.target.name, &params, &Patch::Apply(&apply.body))
+                    .await
             };
             let action = match (subresource_status, dry_run) {
                 (true, true) => "a dry-run status apply",
@@ -480,20 +651,36 @@ async fn write_one(rt: &Runtime, write: &Write<'_>, dry_run: bool) -> Result<Opt
                 (false, true) => "a dry-run apply",
                 (false, false) => "the apply",
             };
-            let obj = result.map_err(|source| Error::Write { action, target: apply.target.clone(), source })?;
+            let obj = result.map_err(|source| Error::Write {
+                action,
+                target: apply.target.clone(),
+                source,
+            })?;
             Ok(obj.resource_version())
         }
         Write::Prune { owned, resource } => {
-            let api: Api<DynamicObject> = Api::namespaced_with(rt.client.clone(), &owned.target.namespace, resource);
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(rt.client.clone(), &owned.target.namespace, resource);
             let params = DeleteParams {
                 dry_run,
-                preconditions: Some(Preconditions { uid: Some(owned.uid.clone()), resource_version: None }),
+                preconditions: Some(Preconditions {
+                    uid: Some(owned.uid.clone()),
+                    resource_version: None,
+                }),
                 ..DeleteParams::background()
             };
             match api.delete(&owned.target.name, &params).await {
                 Ok(_) => Ok(None),
                 Err(kube::Error::Api(e)) if e.code == 404 => Ok(None), // already gone
-                Err(source) => Err(Error::Write { action: if dry_run { "a dry-run delete" } else { "the delete" }, target: owned.target.clone(), source }),
+                Err(source) => Err(Error::Write {
+                    action: if dry_run {
+                        "a dry-run delete"
+                    } else {
+                        "the delete"
+                    },
+                    target: owned.target.clone(),
+                    source,
+                }),
             }
         }
     }
@@ -512,11 +699,31 @@ async fn set_finalizer(rt: &Runtime, parent: &DynamicObject, present: bool) -> R
     }
     let api: Api<DynamicObject> = Api::namespaced_with(rt.client.clone(), &rt.namespace, resource);
     let manager = format!("{}-finalizer", rt.identity.field_manager);
-    let target = ObjRef { api_version: resource.api_version.clone(), kind: resource.kind.clone(), namespace: rt.namespace.clone(), name: parent.name_any() };
-    api.patch(&parent.name_any(), &PatchParams::apply(&manager).force(), &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::Write { action: if present { "adding the finalizer" } else { "removing the finalizer" }, target, source })?;
-    rt.metrics.applies.with_label_values(&[&rt.label(), "finalizer"]).inc();
+    let target = ObjRef {
+        api_version: resource.api_version.clone(),
+        kind: resource.kind.clone(),
+        namespace: rt.namespace.clone(),
+        name: parent.name_any(),
+    };
+    api.patch(
+        &parent.name_any(),
+        &PatchParams::apply(&manager).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::Write {
+        action: if present {
+            "adding the finalizer"
+        } else {
+            "removing the finalizer"
+        },
+        target,
+        source,
+    })?;
+    rt.metrics
+        .applies
+        .with_label_values(&[&rt.label(), "finalizer"])
+        .inc();
     Ok(())
 }
 
@@ -526,13 +733,21 @@ impl Runtime {
             .iter()
             .find(|c| c.kind.api_version == target.api_version && c.kind.kind == target.kind)
             .map(|c| c.watch.resource.clone())
-            .ok_or_else(|| Error::UnknownKind { target: target.clone() })
+            .ok_or_else(|| Error::UnknownKind {
+                target: target.clone(),
+            })
     }
 
     fn live_resource_version(&self, resource: &ApiResource, target: &ObjRef) -> Option<String> {
-        let watch = self.children.iter().find(|c| c.watch.resource.kind == resource.kind && c.watch.resource.group == resource.group)?;
+        let watch = self.children.iter().find(|c| {
+            c.watch.resource.kind == resource.kind && c.watch.resource.group == resource.group
+        })?;
         let key = ObjectRef::new_with(&target.name, resource.clone()).within(&target.namespace);
-        watch.watch.store.get(&key).and_then(|o| o.resource_version())
+        watch
+            .watch
+            .store
+            .get(&key)
+            .and_then(|o| o.resource_version())
     }
 }
 

@@ -73,7 +73,9 @@ pub struct WasmControllerSpec {
 }
 
 /// A kind, by `apiVersion` (`group/version`, or `v1` for the core group) and `kind`.
-#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct KindRef {
     #[schemars(length(min = 1, max = 253))]
@@ -87,7 +89,9 @@ impl KindRef {
         self.api_version.rsplit_once('/').map_or("", |(g, _)| g)
     }
     pub fn version(&self) -> &str {
-        self.api_version.rsplit_once('/').map_or(self.api_version.as_str(), |(_, v)| v)
+        self.api_version
+            .rsplit_once('/')
+            .map_or(self.api_version.as_str(), |(_, v)| v)
     }
 }
 
@@ -277,15 +281,25 @@ pub fn crd() -> CustomResourceDefinition {
     for (path, rule, message) in CEL_RULES {
         let mut node = &mut *schema;
         for step in *path {
-            node = if *step == "[]" { &mut node["items"] } else { &mut node["properties"][step] };
+            node = if *step == "[]" {
+                &mut node["items"]
+            } else {
+                &mut node["properties"][step]
+            };
         }
-        assert!(node.is_object(), "CEL rule path {path:?} is not in the schema");
+        assert!(
+            node.is_object(),
+            "CEL rule path {path:?} is not in the schema"
+        );
         let rules = node
             .as_object_mut()
             .unwrap()
             .entry("x-kubernetes-validations")
             .or_insert_with(|| json!([]));
-        rules.as_array_mut().unwrap().push(json!({"rule": rule, "message": message}));
+        rules
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"rule": rule, "message": message}));
     }
     serde_json::from_value(crd).expect("CRD round-trips")
 }
@@ -295,7 +309,11 @@ pub fn crd() -> CustomResourceDefinition {
 fn strip_unknown_formats(node: &mut Value) {
     match node {
         Value::Object(map) => {
-            if map.get("format").and_then(Value::as_str).is_some_and(|f| f.starts_with("uint") || f == "int16" || f == "int8") {
+            if map
+                .get("format")
+                .and_then(Value::as_str)
+                .is_some_and(|f| f.starts_with("uint") || f == "int16" || f == "int8")
+            {
                 map.remove("format");
             }
             map.values_mut().for_each(strip_unknown_formats);
@@ -337,8 +355,14 @@ mod tests {
 
     #[test]
     fn kind_ref_splits_core_and_grouped_api_versions() {
-        let core = KindRef { api_version: "v1".into(), kind: "ConfigMap".into() };
-        let apps = KindRef { api_version: "apps/v1".into(), kind: "Deployment".into() };
+        let core = KindRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+        };
+        let apps = KindRef {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+        };
         assert_eq!((core.group(), core.version()), ("", "v1"));
         assert_eq!((apps.group(), apps.version()), ("apps", "v1"));
     }

@@ -43,14 +43,18 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Why a WasmController cannot run (reported on its `Ready` condition).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{field}: {kind} is not served by the API server: install its CRD or fix {field} ({source})")]
+    #[error(
+        "{field}: {kind} is not served by the API server: install its CRD or fix {field} ({source})"
+    )]
     KindNotServed {
         field: String,
         kind: KindRef,
         #[source]
         source: kube::Error,
     },
-    #[error("{field}: {kind} is cluster-scoped; a WasmController reconciles namespaced kinds in its own namespace")]
+    #[error(
+        "{field}: {kind} is cluster-scoped; a WasmController reconciles namespaced kinds in its own namespace"
+    )]
     ClusterScoped { field: String, kind: KindRef },
     #[error("spec.resyncPeriod: {value:?} is not a duration like 30s, 5m or 1h")]
     BadResync { value: String },
@@ -109,7 +113,11 @@ enum Signal {
 pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: impl Future<Output = ()>) {
     let api: Api<WasmController> = Api::all(ctx.client.clone());
     let (store, writer) = reflector::store();
-    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().reflect(writer));
+    let mut events = std::pin::pin!(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+    );
     let mut slots: HashMap<Key, (mpsc::UnboundedSender<Signal>, JoinHandle<()>)> = HashMap::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -118,7 +126,11 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: impl Futur
             () = &mut shutdown => break,
         };
         let keys: Vec<Key> = match event {
-            Some(Ok(watcher::Event::Apply(wc) | watcher::Event::Delete(wc) | watcher::Event::InitApply(wc))) => {
+            Some(Ok(
+                watcher::Event::Apply(wc)
+                | watcher::Event::Delete(wc)
+                | watcher::Event::InitApply(wc),
+            )) => {
                 vec![(wc.namespace().unwrap_or_default(), wc.name_any())]
             }
             Some(Ok(watcher::Event::InitDone)) => {
@@ -133,17 +145,28 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: impl Futur
             None => break,
         };
         for key in keys {
-            let alive = slots.get(&key).is_some_and(|(tx, task)| !task.is_finished() && tx.send(Signal::Sync).is_ok());
+            let alive = slots
+                .get(&key)
+                .is_some_and(|(tx, task)| !task.is_finished() && tx.send(Signal::Sync).is_ok());
             if !alive {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let _ = tx.send(Signal::Sync);
-                let task = tokio::spawn(slot(ctx.clone(), key.clone(), store.clone(), tx.clone(), rx));
+                let task = tokio::spawn(slot(
+                    ctx.clone(),
+                    key.clone(),
+                    store.clone(),
+                    tx.clone(),
+                    rx,
+                ));
                 slots.insert(key, (tx, task));
             }
         }
         slots.retain(|_, (_, task)| !task.is_finished());
     }
-    tracing::info!(controllers = slots.len(), "shutting down: stopping controllers");
+    tracing::info!(
+        controllers = slots.len(),
+        "shutting down: stopping controllers"
+    );
     for (_, (tx, task)) in slots {
         let _ = tx.send(Signal::Stop);
         let _ = task.await;
@@ -161,7 +184,13 @@ struct Running {
 }
 
 /// The life of one WasmController.
-async fn slot(ctx: Arc<Context>, key: Key, store: Store<WasmController>, signals: mpsc::UnboundedSender<Signal>, mut rx: mpsc::UnboundedReceiver<Signal>) {
+async fn slot(
+    ctx: Arc<Context>,
+    key: Key,
+    store: Store<WasmController>,
+    signals: mpsc::UnboundedSender<Signal>,
+    mut rx: mpsc::UnboundedReceiver<Signal>,
+) {
     let (ns, name) = key;
     let span = tracing::info_span!("wasmcontroller", controller = %format!("{ns}/{name}"));
     let _enter = span.clone();
@@ -233,45 +262,87 @@ async fn slot(ctx: Arc<Context>, key: Key, store: Store<WasmController>, signals
 }
 
 /// Works out what should run for `wc`. `Ok(None)`: what runs is already right.
-async fn prepare(ctx: &Context, wc: &WasmController, running: Option<&Running>, health: &mpsc::UnboundedSender<()>) -> Result<Option<Running>, Error> {
+async fn prepare(
+    ctx: &Context,
+    wc: &WasmController,
+    running: Option<&Running>,
+    health: &mpsc::UnboundedSender<()>,
+) -> Result<Option<Running>, Error> {
     let ns = wc.namespace().unwrap_or_default();
     let spec = &wc.spec;
     let client = access::impersonated(&ctx.config, &ns, &spec.service_account_name)?;
-    let resync = parse_duration(spec.resync_period.as_deref().unwrap_or(crate::crd::DEFAULT_RESYNC))
-        .ok_or_else(|| Error::BadResync { value: spec.resync_period.clone().unwrap_or_default() })?;
+    let resync = parse_duration(
+        spec.resync_period
+            .as_deref()
+            .unwrap_or(crate::crd::DEFAULT_RESYNC),
+    )
+    .ok_or_else(|| Error::BadResync {
+        value: spec.resync_period.clone().unwrap_or_default(),
+    })?;
     for related in &spec.related {
         related::validate(related)?;
     }
     let parent_ar = resolve(&ctx.client, "spec.parent", &spec.parent).await?;
     let mut child_ars = Vec::new();
     for (i, kind) in spec.children.iter().enumerate() {
-        child_ars.push((kind.clone(), resolve(&ctx.client, &format!("spec.children[{i}]"), kind).await?));
+        child_ars.push((
+            kind.clone(),
+            resolve(&ctx.client, &format!("spec.children[{i}]"), kind).await?,
+        ));
     }
     let mut readable = vec![(parent_ar.group.clone(), parent_ar.plural.clone())];
-    readable.extend(child_ars.iter().map(|(_, ar)| (ar.group.clone(), ar.plural.clone())));
-    ctx.access.require(&ns, &spec.service_account_name, &["get", "list", "watch"], &readable).await?;
+    readable.extend(
+        child_ars
+            .iter()
+            .map(|(_, ar)| (ar.group.clone(), ar.plural.clone())),
+    );
+    ctx.access
+        .require(
+            &ns,
+            &spec.service_account_name,
+            &["get", "list", "watch"],
+            &readable,
+        )
+        .await?;
 
     let bytes = source::load(&client, &ns, &spec.plugin.source, ctx.allow_file_plugins).await?;
     let fingerprint = {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(spec).expect("specs serialise").hash(&mut h);
+        serde_json::to_string(spec)
+            .expect("specs serialise")
+            .hash(&mut h);
         bytes.sha256.hash(&mut h);
         h.finish()
     };
     if running.is_some_and(|r| r.fingerprint == fingerprint && !r.task.is_finished()) {
         return Ok(None);
     }
-    let concurrency = usize::from(spec.max_concurrent_reconciles.unwrap_or(crate::crd::DEFAULT_CONCURRENCY));
-    let plugin = ctx.host.load(&bytes, &spec.plugin.limits, concurrency).await?;
-    for (export, needed) in [(RECONCILE_EXPORT, true), (FINALIZE_EXPORT, spec.plugin.finalize)] {
+    let concurrency = usize::from(
+        spec.max_concurrent_reconciles
+            .unwrap_or(crate::crd::DEFAULT_CONCURRENCY),
+    );
+    let plugin = ctx
+        .host
+        .load(&bytes, &spec.plugin.limits, concurrency)
+        .await?;
+    for (export, needed) in [
+        (RECONCILE_EXPORT, true),
+        (FINALIZE_EXPORT, spec.plugin.finalize),
+    ] {
         if needed && !plugin.has_export(export)? {
-            return Err(plugin::Error::MissingExport { export: export.into() }.into());
+            return Err(plugin::Error::MissingExport {
+                export: export.into(),
+            }
+            .into());
         }
     }
     let parent = ctx.watches.get(&parent_ar).await?;
     let mut children = Vec::new();
     for (kind, ar) in child_ars {
-        children.push(ChildKind { kind, watch: ctx.watches.get(&ar).await? });
+        children.push(ChildKind {
+            kind,
+            watch: ctx.watches.get(&ar).await?,
+        });
     }
     let runtime = Arc::new(Runtime::new(
         ns.clone(),
@@ -287,11 +358,20 @@ async fn prepare(ctx: &Context, wc: &WasmController, running: Option<&Running>, 
         health.clone(),
     ));
     let label = format!("{ns}/{}", wc.name_any());
-    ctx.metrics.plugins_loaded.with_label_values(&[&label, &plugin.sha256]).set(1);
+    ctx.metrics
+        .plugins_loaded
+        .with_label_values(&[&label, &plugin.sha256])
+        .set(1);
     ctx.metrics.controllers.inc();
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(controller::run(runtime.clone(), stop_rx));
-    Ok(Some(Running { fingerprint, encoding: bytes.encoding, runtime, stop: stop_tx, task }))
+    Ok(Some(Running {
+        fingerprint,
+        encoding: bytes.encoding,
+        runtime,
+        stop: stop_tx,
+        task,
+    }))
 }
 
 /// Stops a controller: in-flight reconciles finish (up to [`STOP_GRACE`]), then it is gone.
@@ -302,17 +382,31 @@ async fn stop(ctx: &Context, old: Running) {
         abort.abort();
     }
     let label = format!("{}/{}", old.runtime.namespace, old.runtime.name);
-    let _ = ctx.metrics.plugins_loaded.remove_label_values(&[&label, &old.runtime.plugin.sha256]);
+    let _ = ctx
+        .metrics
+        .plugins_loaded
+        .remove_label_values(&[&label, &old.runtime.plugin.sha256]);
     ctx.metrics.controllers.dec();
 }
 
 /// Resolves a kind by discovery (as the operator) and checks that it is namespaced.
-async fn resolve(client: &Client, field: &str, kind: &KindRef) -> Result<kube::api::ApiResource, Error> {
+async fn resolve(
+    client: &Client,
+    field: &str,
+    kind: &KindRef,
+) -> Result<kube::api::ApiResource, Error> {
     let (ar, caps) = kube::discovery::pinned_kind(client, &gvk(kind))
         .await
-        .map_err(|source| Error::KindNotServed { field: field.into(), kind: kind.clone(), source })?;
+        .map_err(|source| Error::KindNotServed {
+            field: field.into(),
+            kind: kind.clone(),
+            source,
+        })?;
     if caps.scope != Scope::Namespaced {
-        return Err(Error::ClusterScoped { field: field.into(), kind: kind.clone() });
+        return Err(Error::ClusterScoped {
+            field: field.into(),
+            kind: kind.clone(),
+        });
     }
     Ok(ar)
 }
@@ -322,7 +416,11 @@ pub(crate) fn gvk(kind: &KindRef) -> GroupVersionKind {
 }
 
 /// Watches the plugin's ConfigMap (as the team's account) and asks for a sync on any change.
-fn watch_source(ctx: &Context, wc: &WasmController, signals: mpsc::UnboundedSender<Signal>) -> Option<tokio::task::AbortHandle> {
+fn watch_source(
+    ctx: &Context,
+    wc: &WasmController,
+    signals: mpsc::UnboundedSender<Signal>,
+) -> Option<tokio::task::AbortHandle> {
     let cm = wc.spec.plugin.source.config_map.as_ref()?;
     let ns = wc.namespace().unwrap_or_default();
     let client = access::impersonated(&ctx.config, &ns, &wc.spec.service_account_name).ok()?;
@@ -348,14 +446,29 @@ fn watch_source(ctx: &Context, wc: &WasmController, signals: mpsc::UnboundedSend
 }
 
 /// Writes `Ready`/`Degraded` conditions and the plugin identity, only when they changed.
-async fn write_status(ctx: &Context, wc: &WasmController, running: Option<&Running>, load_error: Option<&Error>) -> Result<(), kube::Error> {
+async fn write_status(
+    ctx: &Context,
+    wc: &WasmController,
+    running: Option<&Running>,
+    load_error: Option<&Error>,
+) -> Result<(), kube::Error> {
     let generation = wc.metadata.generation;
     let (ready, reason, message) = match (running, load_error) {
-        (Some(r), None) => ("True", "Running".to_string(), format!("plugin {:.12} loaded; reconciling {} objects", r.runtime.plugin.sha256, wc.spec.parent.kind)),
+        (Some(r), None) => (
+            "True",
+            "Running".to_string(),
+            format!(
+                "plugin {:.12} loaded; reconciling {} objects",
+                r.runtime.plugin.sha256, wc.spec.parent.kind
+            ),
+        ),
         (Some(r), Some(e)) => (
             "True",
             "RunningPreviousPlugin".to_string(),
-            format!("the updated spec or plugin cannot be used, still running plugin {:.12}: {e}", r.runtime.plugin.sha256),
+            format!(
+                "the updated spec or plugin cannot be used, still running plugin {:.12}: {e}",
+                r.runtime.plugin.sha256
+            ),
         ),
         (None, Some(e)) => ("False", e.reason().to_string(), e.to_string()),
         (None, None) => ("False", "Starting".to_string(), "starting".to_string()),
@@ -364,38 +477,73 @@ async fn write_status(ctx: &Context, wc: &WasmController, running: Option<&Runni
     if let Some(r) = running {
         let failures = r.runtime.failures.lock().unwrap().clone();
         conditions.push(match failures.iter().next() {
-            None => condition("Degraded", "False", "AllReconciled", "every parent reconciled successfully", generation),
+            None => condition(
+                "Degraded",
+                "False",
+                "AllReconciled",
+                "every parent reconciled successfully",
+                generation,
+            ),
             Some((parent, f)) => {
-                let more = if failures.len() > 1 { format!(" (and {} more failing)", failures.len() - 1) } else { String::new() };
-                condition("Degraded", "True", &f.reason, &format!("{} {parent}: {}{more}", wc.spec.parent.kind, f.message), generation)
+                let more = if failures.len() > 1 {
+                    format!(" (and {} more failing)", failures.len() - 1)
+                } else {
+                    String::new()
+                };
+                condition(
+                    "Degraded",
+                    "True",
+                    &f.reason,
+                    &format!("{} {parent}: {}{more}", wc.spec.parent.kind, f.message),
+                    generation,
+                )
             }
         });
     }
     let current = wc.status.clone().unwrap_or_default();
     for c in &mut conditions {
-        if let Some(old) = current.conditions.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+        if let Some(old) = current
+            .conditions
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
             c.last_transition_time = old.last_transition_time.clone();
         }
     }
     let status = WasmControllerStatus {
         conditions,
-        plugin: running.map(|r| PluginStatus {
-            sha256: r.runtime.plugin.sha256.clone(),
-            size_bytes: r.runtime.plugin.size_bytes,
-            encoding: r.encoding.into(),
-        }).or(current.plugin.clone()),
+        plugin: running
+            .map(|r| PluginStatus {
+                sha256: r.runtime.plugin.sha256.clone(),
+                size_bytes: r.runtime.plugin.size_bytes,
+                encoding: r.encoding.into(),
+            })
+            .or(current.plugin.clone()),
         observed_generation: generation,
     };
     if status == current {
         return Ok(());
     }
-    let api: Api<WasmController> = Api::namespaced(ctx.client.clone(), &wc.namespace().unwrap_or_default());
-    let body = json!({"apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController", "status": status});
-    api.patch_status(&wc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+    let api: Api<WasmController> =
+        Api::namespaced(ctx.client.clone(), &wc.namespace().unwrap_or_default());
+    let body =
+        json!({"apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController", "status": status});
+    api.patch_status(
+        &wc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
     Ok(())
 }
 
-fn condition(type_: &str, status: &str, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: type_.into(),
         status: status.into(),

@@ -8,7 +8,8 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the operator exports. Cheap to clone (all handles are shared).
@@ -44,30 +45,78 @@ impl Metrics {
         let registry = Registry::new_custom(Some("wasmop".into()), None).expect("valid prefix");
         let by = |name: &str, help: &str, labels: &[&str]| {
             let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(m.clone())).expect("registered once");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("registered once");
             m
         };
         let hist = |name: &str, help: &str, buckets: Vec<f64>| {
-            let m = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["controller"]).expect("valid metric");
-            registry.register(Box::new(m.clone())).expect("registered once");
+            let m = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                &["controller"],
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("registered once");
             m
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("registered once");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
             g
         };
-        let plugins_loaded = IntGaugeVec::new(Opts::new("plugins_loaded", "Plugins loaded, by controller and sha256"), &["controller", "sha256"]).expect("valid metric");
-        registry.register(Box::new(plugins_loaded.clone())).expect("registered once");
+        let plugins_loaded = IntGaugeVec::new(
+            Opts::new("plugins_loaded", "Plugins loaded, by controller and sha256"),
+            &["controller", "sha256"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(plugins_loaded.clone()))
+            .expect("registered once");
         Metrics {
-            reconciles: by("reconciles_total", "Reconciles by controller and result", &["controller", "result"]),
-            reconcile_seconds: hist("reconcile_duration_seconds", "Whole reconcile latency", prometheus::exponential_buckets(0.0005, 2.5, 12).unwrap()),
-            plugin_call_seconds: hist("plugin_call_duration_seconds", "Plugin call latency", prometheus::exponential_buckets(0.00005, 2.5, 12).unwrap()),
-            plugin_failures: by("plugin_failures_total", "Plugin failures by controller and kind", &["controller", "kind"]),
-            applies: by("applies_total", "Server-side applies sent", &["controller", "target"]),
-            applies_skipped: by("applies_skipped_total", "Applies skipped: object unchanged since our last apply", &["controller", "target"]),
-            prunes: by("prunes_total", "Children deleted because the plugin no longer returns them", &["controller"]),
-            watch_errors: by("watch_errors_total", "Watch errors by kind (retried with backoff)", &["kind"]),
+            reconciles: by(
+                "reconciles_total",
+                "Reconciles by controller and result",
+                &["controller", "result"],
+            ),
+            reconcile_seconds: hist(
+                "reconcile_duration_seconds",
+                "Whole reconcile latency",
+                prometheus::exponential_buckets(0.0005, 2.5, 12).unwrap(),
+            ),
+            plugin_call_seconds: hist(
+                "plugin_call_duration_seconds",
+                "Plugin call latency",
+                prometheus::exponential_buckets(0.00005, 2.5, 12).unwrap(),
+            ),
+            plugin_failures: by(
+                "plugin_failures_total",
+                "Plugin failures by controller and kind",
+                &["controller", "kind"],
+            ),
+            applies: by(
+                "applies_total",
+                "Server-side applies sent",
+                &["controller", "target"],
+            ),
+            applies_skipped: by(
+                "applies_skipped_total",
+                "Applies skipped: object unchanged since our last apply",
+                &["controller", "target"],
+            ),
+            prunes: by(
+                "prunes_total",
+                "Children deleted because the plugin no longer returns them",
+                &["controller"],
+            ),
+            watch_errors: by(
+                "watch_errors_total",
+                "Watch errors by kind (retried with backoff)",
+                &["kind"],
+            ),
             controllers: gauge("controllers", "WasmControllers running"),
             watches: gauge("watches", "Shared watches open (one per kind)"),
             plugins_loaded,
@@ -77,7 +126,9 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
         String::from_utf8(buf).expect("utf-8")
     }
 }
@@ -86,29 +137,45 @@ impl Metrics {
 ///
 /// # Errors
 /// The address cannot be bound.
-pub async fn serve(addr: SocketAddr, metrics: Metrics, ready: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let (metrics, ready) = (metrics.clone(), ready.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (metrics, ready) = (metrics.clone(), ready.clone());
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/metrics" => (StatusCode::OK, metrics.render()),
-                            "/healthz" => (StatusCode::OK, "ok\n".into()),
-                            "/readyz" if ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".into()),
-                            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
-                            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
-                        };
-                        Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(Full::new(Bytes::from(body))).unwrap())
-                    }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (metrics, ready) = (metrics.clone(), ready.clone());
+                        async move {
+                            let (status, body) = match req.uri().path() {
+                                "/metrics" => (StatusCode::OK, metrics.render()),
+                                "/healthz" => (StatusCode::OK, "ok\n".into()),
+                                "/readyz" if ready.load(Ordering::Relaxed) => {
+                                    (StatusCode::OK, "ok\n".into())
+                                }
+                                "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
+                                _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
             });
         }
     });

@@ -24,8 +24,16 @@ pub const CONTROLLER_LABEL: &str = "wasmop.dev/controller";
 /// Longest `requeueAfterSeconds` honoured (a day); longer values are clamped.
 pub const MAX_REQUEUE: Duration = Duration::from_secs(86_400);
 /// Metadata the API server owns; a plugin that echoes a live object back gets these stripped.
-const SERVER_FIELDS: &[&str] =
-    &["uid", "resourceVersion", "creationTimestamp", "managedFields", "generation", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds"];
+const SERVER_FIELDS: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "managedFields",
+    "generation",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
 
 /// An object identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,7 +46,11 @@ pub struct ObjRef {
 
 impl std::fmt::Display for ObjRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{} ({}) in {}", self.kind, self.name, self.api_version, self.namespace)
+        write!(
+            f,
+            "{}/{} ({}) in {}",
+            self.kind, self.name, self.api_version, self.namespace
+        )
     }
 }
 
@@ -60,7 +72,10 @@ pub struct Identity {
 
 impl Identity {
     pub fn new(namespace: &str, name: &str) -> Self {
-        Identity { controller: name.into(), field_manager: format!("wasmop.dev/{namespace}.{name}") }
+        Identity {
+            controller: name.into(),
+            field_manager: format!("wasmop.dev/{namespace}.{name}"),
+        }
     }
 
     /// The `wasmop.dev/controller` label value (label values are at most 63 characters).
@@ -79,7 +94,11 @@ fn short_name(name: &str, max: usize) -> String {
         return name.into();
     }
     let digest = crate::source::sha256_hex(name.as_bytes());
-    format!("{}-{}", name[..max - 9].trim_end_matches(['-', '.']), &digest[..8])
+    format!(
+        "{}-{}",
+        name[..max - 9].trim_end_matches(['-', '.']),
+        &digest[..8]
+    )
 }
 
 /// Everything [`plan`] needs besides the response.
@@ -133,7 +152,11 @@ pub enum Error {
 }
 
 fn list(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("{}: {}", p.path, p.message)).collect::<Vec<_>>().join("; ")
+    problems
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -144,7 +167,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// [`Error::Invalid`] with every problem found; nothing in the response is then applied.
 pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
     let parent = parent_ref(input.parent)?;
-    let uid = input.parent["metadata"]["uid"].as_str().ok_or(Error::Parent { field: "uid" })?;
+    let uid = input.parent["metadata"]["uid"]
+        .as_str()
+        .ok_or(Error::Parent { field: "uid" })?;
     let mut problems = Vec::new();
     let mut bad = |path: String, message: String| problems.push(Problem { path, message });
 
@@ -153,8 +178,14 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
     if !input.finalizing {
         for (i, child) in response.children.into_iter().enumerate() {
             let path = format!("children[{i}]");
-            let Some((target, mut body)) = object_ref(child, &parent.namespace, &path, &mut bad) else { continue };
-            let declared = input.child_kinds.iter().any(|k| k.api_version == target.api_version && k.kind == target.kind);
+            let Some((target, mut body)) = object_ref(child, &parent.namespace, &path, &mut bad)
+            else {
+                continue;
+            };
+            let declared = input
+                .child_kinds
+                .iter()
+                .any(|k| k.api_version == target.api_version && k.kind == target.kind);
             if !declared {
                 bad(
                     format!("{path}.kind"),
@@ -165,15 +196,30 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
                 );
                 continue;
             }
-            if !desired.insert((target.api_version.clone(), target.kind.clone(), target.name.clone())) {
-                bad(format!("{path}.metadata.name"), format!("duplicate child {} {}: each child must be returned once", target.kind, target.name));
+            if !desired.insert((
+                target.api_version.clone(),
+                target.kind.clone(),
+                target.name.clone(),
+            )) {
+                bad(
+                    format!("{path}.metadata.name"),
+                    format!(
+                        "duplicate child {} {}: each child must be returned once",
+                        target.kind, target.name
+                    ),
+                );
                 continue;
             }
             if body["metadata"].get("ownerReferences").is_some() {
-                bad(format!("{path}.metadata.ownerReferences"), "remove it: wasmop sets the ownerReference to the parent itself".into());
+                bad(
+                    format!("{path}.metadata.ownerReferences"),
+                    "remove it: wasmop sets the ownerReference to the parent itself".into(),
+                );
                 continue;
             }
-            let meta = body["metadata"].as_object_mut().expect("checked by object_ref");
+            let meta = body["metadata"]
+                .as_object_mut()
+                .expect("checked by object_ref");
             meta.insert(
                 "ownerReferences".into(),
                 json!([{
@@ -184,9 +230,15 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
             let labels = meta.entry("labels").or_insert_with(|| json!({}));
             match labels.as_object_mut() {
                 Some(labels) => {
-                    labels.insert(CONTROLLER_LABEL.into(), Value::String(input.identity.label_value()));
+                    labels.insert(
+                        CONTROLLER_LABEL.into(),
+                        Value::String(input.identity.label_value()),
+                    );
                 }
-                None => bad(format!("{path}.metadata.labels"), "must be an object of strings".into()),
+                None => bad(
+                    format!("{path}.metadata.labels"),
+                    "must be an object of strings".into(),
+                ),
             }
             children.push(Apply { target, body });
         }
@@ -195,16 +247,24 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
     let mut patches = Vec::new();
     for (i, patch) in response.apply.into_iter().enumerate() {
         let path = format!("apply[{i}]");
-        let Some((target, body)) = object_ref(patch, &parent.namespace, &path, &mut bad) else { continue };
+        let Some((target, body)) = object_ref(patch, &parent.namespace, &path, &mut bad) else {
+            continue;
+        };
         if target != parent && !input.related.contains(&target) {
             bad(
                 path,
-                format!("{} {} is neither the parent nor a related object of this call: apply may only patch those", target.kind, target.name),
+                format!(
+                    "{} {} is neither the parent nor a related object of this call: apply may only patch those",
+                    target.kind, target.name
+                ),
             );
             continue;
         }
         if body.get("status").is_some() && target == parent {
-            bad(format!("{path}.status"), "set the parent's status with the top-level `status` field instead".into());
+            bad(
+                format!("{path}.status"),
+                "set the parent's status with the top-level `status` field instead".into(),
+            );
             continue;
         }
         patches.push(Apply { target, body });
@@ -221,7 +281,10 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
             }),
         }),
         Some(other) => {
-            bad("status".into(), format!("must be an object, got {}", type_name(&other)));
+            bad(
+                "status".into(),
+                format!("must be an object, got {}", type_name(&other)),
+            );
             None
         }
     };
@@ -229,13 +292,26 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
     for (i, ev) in response.events.iter().enumerate() {
         let reason_ok = !ev.reason.is_empty()
             && ev.reason.len() <= 128
-            && ev.reason.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && ev
+                .reason
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_uppercase())
             && ev.reason.chars().all(|c| c.is_ascii_alphanumeric());
         if !reason_ok {
-            bad(format!("events[{i}].reason"), format!("{:?} must be UpperCamelCase, 1-128 letters and digits, e.g. Synced", ev.reason));
+            bad(
+                format!("events[{i}].reason"),
+                format!(
+                    "{:?} must be UpperCamelCase, 1-128 letters and digits, e.g. Synced",
+                    ev.reason
+                ),
+            );
         }
         if ev.message.len() > 1024 {
-            bad(format!("events[{i}].message"), "is longer than 1024 bytes: shorten it".into());
+            bad(
+                format!("events[{i}].message"),
+                "is longer than 1024 bytes: shorten it".into(),
+            );
         }
     }
 
@@ -249,7 +325,13 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
         input
             .owned
             .iter()
-            .filter(|o| !desired.contains(&(o.target.api_version.clone(), o.target.kind.clone(), o.target.name.clone())))
+            .filter(|o| {
+                !desired.contains(&(
+                    o.target.api_version.clone(),
+                    o.target.kind.clone(),
+                    o.target.name.clone(),
+                ))
+            })
             .cloned()
             .collect()
     };
@@ -259,7 +341,9 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
         patches,
         status,
         events: response.events,
-        requeue_after: response.requeue_after_seconds.map(|s| Duration::from_secs(s).min(MAX_REQUEUE)),
+        requeue_after: response
+            .requeue_after_seconds
+            .map(|s| Duration::from_secs(s).min(MAX_REQUEUE)),
         finalized: response.finalized,
     })
 }
@@ -282,18 +366,29 @@ fn object_ref(
     bad: &mut impl FnMut(String, String),
 ) -> Option<(ObjRef, Value)> {
     let Value::Object(map) = &mut obj else {
-        bad(path.into(), format!("must be an object, got {}", type_name(&obj)));
+        bad(
+            path.into(),
+            format!("must be an object, got {}", type_name(&obj)),
+        );
         return None;
     };
     let mut field = |key: &str| match map.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         _ => {
-            bad(format!("{path}.{key}"), format!("is required (a non-empty string), e.g. {}", if key == "kind" { "ConfigMap" } else { "v1" }));
+            bad(
+                format!("{path}.{key}"),
+                format!(
+                    "is required (a non-empty string), e.g. {}",
+                    if key == "kind" { "ConfigMap" } else { "v1" }
+                ),
+            );
             None
         }
     };
     let (api_version, kind) = (field("apiVersion"), field("kind"));
-    let meta = map.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let meta = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
     let Some(meta) = meta.as_object_mut() else {
         bad(format!("{path}.metadata"), "must be an object".into());
         return None;
@@ -306,7 +401,9 @@ fn object_ref(
         Some(Value::String(n)) => {
             bad(
                 format!("{path}.metadata.name"),
-                format!("{n:?} is not a valid name: use at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"),
+                format!(
+                    "{n:?} is not a valid name: use at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+                ),
             );
             None
         }
@@ -321,11 +418,24 @@ fn object_ref(
         }
         Some(Value::String(ns)) if ns == namespace => {}
         Some(other) => {
-            bad(format!("{path}.metadata.namespace"), format!("{other} is not the parent's namespace {namespace:?}: omit it, objects live beside their parent"));
+            bad(
+                format!("{path}.metadata.namespace"),
+                format!(
+                    "{other} is not the parent's namespace {namespace:?}: omit it, objects live beside their parent"
+                ),
+            );
             return None;
         }
     }
-    Some((ObjRef { api_version: api_version?, kind: kind?, namespace: namespace.into(), name: name? }, obj))
+    Some((
+        ObjRef {
+            api_version: api_version?,
+            kind: kind?,
+            namespace: namespace.into(),
+            name: name?,
+        },
+        obj,
+    ))
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
@@ -359,8 +469,14 @@ mod tests {
     }
     fn kinds() -> Vec<KindRef> {
         vec![
-            KindRef { api_version: "v1".into(), kind: "ConfigMap".into() },
-            KindRef { api_version: "apps/v1".into(), kind: "Deployment".into() },
+            KindRef {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+            },
+            KindRef {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+            },
         ]
     }
     fn cm(name: &str) -> Value {
@@ -368,19 +484,34 @@ mod tests {
     }
     fn owned(name: &str) -> Owned {
         Owned {
-            target: ObjRef { api_version: "v1".into(), kind: "ConfigMap".into(), namespace: "team-a".into(), name: name.into() },
+            target: ObjRef {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                namespace: "team-a".into(),
+                name: name.into(),
+            },
             uid: format!("uid-{name}"),
         }
     }
     fn run(response: Value, owned: &[Owned]) -> Result<Plan> {
         let id = Identity::new("team-a", "website");
         let (p, k) = (parent(), kinds());
-        let input = Input { identity: &id, parent: &p, child_kinds: &k, related: &[], owned, finalizing: false };
+        let input = Input {
+            identity: &id,
+            parent: &p,
+            child_kinds: &k,
+            related: &[],
+            owned,
+            finalizing: false,
+        };
         plan(&input, serde_json::from_value(response).unwrap())
     }
     fn problems(r: Result<Plan>) -> Vec<String> {
         match r {
-            Err(Error::Invalid { problems }) => problems.into_iter().map(|p| format!("{}: {}", p.path, p.message)).collect(),
+            Err(Error::Invalid { problems }) => problems
+                .into_iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect(),
             other => panic!("expected Invalid, got {other:?}"),
         }
     }
@@ -397,36 +528,82 @@ mod tests {
 
     #[test]
     fn owned_children_no_longer_desired_are_pruned_and_desired_ones_kept() {
-        let plan = run(json!({"children": [cm("keep")]}), &[owned("keep"), owned("gone")]).unwrap();
+        let plan = run(
+            json!({"children": [cm("keep")]}),
+            &[owned("keep"), owned("gone")],
+        )
+        .unwrap();
         assert_eq!(plan.prune, vec![owned("gone")]);
     }
 
     #[test]
     fn one_bad_child_rejects_the_whole_response() {
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}});
-        let p = problems(run(json!({"children": [cm("ok"), secret], "status": {"x": 1}}), &[owned("ok")]));
+        let p = problems(run(
+            json!({"children": [cm("ok"), secret], "status": {"x": 1}}),
+            &[owned("ok")],
+        ));
         assert_eq!(p.len(), 1);
-        assert!(p[0].starts_with("children[1].kind: Secret v1 is not declared in spec.children"), "{p:?}");
+        assert!(
+            p[0].starts_with("children[1].kind: Secret v1 is not declared in spec.children"),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn every_problem_is_reported_with_its_path() {
         let cases = [
-            (json!({"children": [{"kind": "ConfigMap", "metadata": {"name": "a"}}]}), "children[0].apiVersion: is required"),
-            (json!({"children": [cm("Bad_Name")]}), "children[0].metadata.name: \"Bad_Name\" is not a valid name"),
-            (json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "x-"}}]}), "children[0].metadata.name: is required"),
-            (json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "other"}}]}), "children[0].metadata.namespace: \"other\" is not the parent's namespace"),
-            (json!({"children": [cm("a"), cm("a")]}), "children[1].metadata.name: duplicate child ConfigMap a"),
-            (json!({"children": ["nope"]}), "children[0]: must be an object, got a string"),
-            (json!({"status": [1]}), "status: must be an object, got an array"),
-            (json!({"events": [{"type": "Normal", "reason": "not camel", "message": "m"}]}), "events[0].reason: \"not camel\" must be UpperCamelCase"),
-            (json!({"apply": [{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}}]}), "apply[0]: Secret x is neither the parent nor a related object"),
-            (json!({"apply": [{"apiVersion": "example.com/v1", "kind": "Website", "metadata": {"name": "site"}, "status": {}}]}), "apply[0].status: set the parent's status with the top-level `status` field"),
-            (json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "ownerReferences": []}}]}), "children[0].metadata.ownerReferences: remove it"),
+            (
+                json!({"children": [{"kind": "ConfigMap", "metadata": {"name": "a"}}]}),
+                "children[0].apiVersion: is required",
+            ),
+            (
+                json!({"children": [cm("Bad_Name")]}),
+                "children[0].metadata.name: \"Bad_Name\" is not a valid name",
+            ),
+            (
+                json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "x-"}}]}),
+                "children[0].metadata.name: is required",
+            ),
+            (
+                json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "other"}}]}),
+                "children[0].metadata.namespace: \"other\" is not the parent's namespace",
+            ),
+            (
+                json!({"children": [cm("a"), cm("a")]}),
+                "children[1].metadata.name: duplicate child ConfigMap a",
+            ),
+            (
+                json!({"children": ["nope"]}),
+                "children[0]: must be an object, got a string",
+            ),
+            (
+                json!({"status": [1]}),
+                "status: must be an object, got an array",
+            ),
+            (
+                json!({"events": [{"type": "Normal", "reason": "not camel", "message": "m"}]}),
+                "events[0].reason: \"not camel\" must be UpperCamelCase",
+            ),
+            (
+                json!({"apply": [{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}}]}),
+                "apply[0]: Secret x is neither the parent nor a related object",
+            ),
+            (
+                json!({"apply": [{"apiVersion": "example.com/v1", "kind": "Website", "metadata": {"name": "site"}, "status": {}}]}),
+                "apply[0].status: set the parent's status with the top-level `status` field",
+            ),
+            (
+                json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "ownerReferences": []}}]}),
+                "children[0].metadata.ownerReferences: remove it",
+            ),
         ];
         for (response, expected) in cases {
             let p = problems(run(response.clone(), &[]));
-            assert!(p.iter().any(|m| m.starts_with(expected)), "{response}: expected {expected:?}, got {p:?}");
+            assert!(
+                p.iter().any(|m| m.starts_with(expected)),
+                "{response}: expected {expected:?}, got {p:?}"
+            );
         }
     }
 
@@ -452,8 +629,12 @@ mod tests {
     #[test]
     fn patches_to_the_parent_are_allowed_and_requeue_is_clamped() {
         let patch = json!({"apiVersion": "example.com/v1", "kind": "Website", "metadata": {"name": "site", "labels": {"x": "y"}}});
-        let plan = run(json!({"apply": [patch], "requeueAfterSeconds": 999_999,
-                              "events": [{"type": "Warning", "reason": "Slow", "message": "m"}]}), &[]).unwrap();
+        let plan = run(
+            json!({"apply": [patch], "requeueAfterSeconds": 999_999,
+                              "events": [{"type": "Warning", "reason": "Slow", "message": "m"}]}),
+            &[],
+        )
+        .unwrap();
         assert_eq!(plan.patches.len(), 1);
         assert_eq!(plan.requeue_after, Some(MAX_REQUEUE));
         assert_eq!(plan.events[0].type_, EventType::Warning);
@@ -463,8 +644,19 @@ mod tests {
     fn finalizing_neither_applies_nor_prunes_children() {
         let id = Identity::new("team-a", "website");
         let (p, k) = (parent(), kinds());
-        let input = Input { identity: &id, parent: &p, child_kinds: &k, related: &[], owned: &[owned("x")], finalizing: true };
-        let plan = plan(&input, serde_json::from_value(json!({"children": [cm("y")], "finalized": true})).unwrap()).unwrap();
+        let input = Input {
+            identity: &id,
+            parent: &p,
+            child_kinds: &k,
+            related: &[],
+            owned: &[owned("x")],
+            finalizing: true,
+        };
+        let plan = plan(
+            &input,
+            serde_json::from_value(json!({"children": [cm("y")], "finalized": true})).unwrap(),
+        )
+        .unwrap();
         assert!(plan.children.is_empty() && plan.prune.is_empty() && plan.finalized);
     }
 

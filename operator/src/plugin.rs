@@ -31,15 +31,25 @@ pub const RECYCLE_AFTER_CALLS: u32 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("plugin {sha256:.12} failed to compile: {message}. Is it an Extism plugin built for wasm32-unknown-unknown or wasm32-wasip1?")]
+    #[error(
+        "plugin {sha256:.12} failed to compile: {message}. Is it an Extism plugin built for wasm32-unknown-unknown or wasm32-wasip1?"
+    )]
     Compile { sha256: String, message: String },
-    #[error("plugin does not export `{export}`: export it (e.g. #[plugin_fn] pub fn {export}) or set spec.plugin.finalize: false")]
+    #[error(
+        "plugin does not export `{export}`: export it (e.g. #[plugin_fn] pub fn {export}) or set spec.plugin.finalize: false"
+    )]
     MissingExport { export: String },
-    #[error("plugin call timed out after {timeout_ms} ms (spec.plugin.limits.timeoutMs): make the plugin faster or raise the limit")]
+    #[error(
+        "plugin call timed out after {timeout_ms} ms (spec.plugin.limits.timeoutMs): make the plugin faster or raise the limit"
+    )]
     Timeout { timeout_ms: u32 },
-    #[error("plugin ran out of memory (spec.plugin.limits.memoryMiB = {memory_mib}): allocate less or raise the limit")]
+    #[error(
+        "plugin ran out of memory (spec.plugin.limits.memoryMiB = {memory_mib}): allocate less or raise the limit"
+    )]
     OutOfMemory { memory_mib: u32 },
-    #[error("plugin ran out of fuel (spec.plugin.limits.fuel = {fuel}): do less work per call or raise the limit")]
+    #[error(
+        "plugin ran out of fuel (spec.plugin.limits.fuel = {fuel}): do less work per call or raise the limit"
+    )]
     OutOfFuel { fuel: u64 },
     #[error("plugin trapped: {message}")]
     Trap { message: String },
@@ -103,13 +113,19 @@ impl Host {
                 let dir = std::path::absolute(dir)?;
                 std::fs::create_dir_all(&dir)?;
                 let config = dir.join("wasmtime-cache.toml");
-                let body = format!("[cache]\ndirectory = {:?}\n", dir.join("compiled").display().to_string());
+                let body = format!(
+                    "[cache]\ndirectory = {:?}\n",
+                    dir.join("compiled").display().to_string()
+                );
                 std::fs::write(&config, body)?;
                 Some(config)
             }
             None => None,
         };
-        Ok(Host { compiled: Mutex::new(HashMap::new()), cache_config })
+        Ok(Host {
+            compiled: Mutex::new(HashMap::new()),
+            cache_config,
+        })
     }
 
     /// Returns the compiled plugin for these bytes and limits, compiling it (off the async
@@ -117,17 +133,35 @@ impl Host {
     ///
     /// # Errors
     /// [`Error::Compile`] when the bytes are not a loadable Extism plugin.
-    pub async fn load(&self, bytes: &PluginBytes, limits: &Limits, pool_size: usize) -> Result<Arc<LoadedPlugin>> {
+    pub async fn load(
+        &self,
+        bytes: &PluginBytes,
+        limits: &Limits,
+        pool_size: usize,
+    ) -> Result<Arc<LoadedPlugin>> {
         let key = (bytes.sha256.clone(), limits.clone());
-        if let Some(p) = self.compiled.lock().unwrap().get(&key).and_then(Weak::upgrade) {
+        if let Some(p) = self
+            .compiled
+            .lock()
+            .unwrap()
+            .get(&key)
+            .and_then(Weak::upgrade)
+        {
             return Ok(p);
         }
-        let (wasm, sha256, limits2, cache) =
-            (bytes.wasm.clone(), bytes.sha256.clone(), limits.clone(), self.cache_config.clone());
+        let (wasm, sha256, limits2, cache) = (
+            bytes.wasm.clone(),
+            bytes.sha256.clone(),
+            limits.clone(),
+            self.cache_config.clone(),
+        );
         let started = Instant::now();
-        let compiled = tokio::task::spawn_blocking(move || compile(&wasm, &sha256, &limits2, cache))
-            .await
-            .map_err(|e| Error::Internal { message: e.to_string() })??;
+        let compiled =
+            tokio::task::spawn_blocking(move || compile(&wasm, &sha256, &limits2, cache))
+                .await
+                .map_err(|e| Error::Internal {
+                    message: e.to_string(),
+                })??;
         tracing::info!(sha256 = %bytes.sha256, elapsed_ms = started.elapsed().as_millis() as u64, "plugin compiled");
         let loaded = Arc::new(LoadedPlugin {
             sha256: bytes.sha256.clone(),
@@ -142,14 +176,24 @@ impl Host {
         let probe = loaded.clone();
         let first = tokio::task::spawn_blocking(move || probe.instantiate())
             .await
-            .map_err(|e| Error::Internal { message: e.to_string() })??;
+            .map_err(|e| Error::Internal {
+                message: e.to_string(),
+            })??;
         loaded.idle.lock().unwrap().push(first);
-        self.compiled.lock().unwrap().insert(key, Arc::downgrade(&loaded));
+        self.compiled
+            .lock()
+            .unwrap()
+            .insert(key, Arc::downgrade(&loaded));
         Ok(loaded)
     }
 }
 
-fn compile(wasm: &[u8], sha256: &str, limits: &Limits, cache: Option<PathBuf>) -> Result<CompiledPlugin> {
+fn compile(
+    wasm: &[u8],
+    sha256: &str,
+    limits: &Limits,
+    cache: Option<PathBuf>,
+) -> Result<CompiledPlugin> {
     let manifest = Manifest::new([Wasm::data(wasm.to_vec())])
         .with_memory_max(limits.memory_mib().saturating_mul(16)) // 64 KiB pages
         .with_timeout(Duration::from_millis(limits.timeout_ms().into()))
@@ -162,7 +206,10 @@ fn compile(wasm: &[u8], sha256: &str, limits: &Limits, cache: Option<PathBuf>) -
     if let Some(fuel) = limits.fuel {
         builder = builder.with_fuel_limit(fuel);
     }
-    CompiledPlugin::new(builder).map_err(|e| Error::Compile { sha256: sha256.into(), message: format!("{e:#}") })
+    CompiledPlugin::new(builder).map_err(|e| Error::Compile {
+        sha256: sha256.into(),
+        message: format!("{e:#}"),
+    })
 }
 
 /// A compiled plugin and its pool of warm instances.
@@ -189,8 +236,10 @@ pub struct CallOutput {
 
 impl LoadedPlugin {
     fn instantiate(&self) -> Result<Instance> {
-        let plugin = Plugin::new_from_compiled(&self.compiled)
-            .map_err(|e| Error::Compile { sha256: self.sha256.clone(), message: format!("{e:#}") })?;
+        let plugin = Plugin::new_from_compiled(&self.compiled).map_err(|e| Error::Compile {
+            sha256: self.sha256.clone(),
+            message: format!("{e:#}"),
+        })?;
         Ok(Instance { plugin, calls: 0 })
     }
 
@@ -231,7 +280,9 @@ impl LoadedPlugin {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || span.in_scope(|| this.call_blocking(&export, &input)))
             .await
-            .map_err(|e| Error::Internal { message: format!("plugin call panicked: {e}") })?
+            .map_err(|e| Error::Internal {
+                message: format!("plugin call panicked: {e}"),
+            })?
     }
 
     /// The synchronous form of [`LoadedPlugin::call`] (for `wasmop eval` and benchmarks).
@@ -242,10 +293,14 @@ impl LoadedPlugin {
         let mut inst = self.take()?;
         if !inst.plugin.function_exists(export) {
             self.put_back(inst);
-            return Err(Error::MissingExport { export: export.into() });
+            return Err(Error::MissingExport {
+                export: export.into(),
+            });
         }
         let started = Instant::now();
-        let result = inst.plugin.call_get_error_code::<&[u8], Vec<u8>>(export, input);
+        let result = inst
+            .plugin
+            .call_get_error_code::<&[u8], Vec<u8>>(export, input);
         let elapsed = started.elapsed();
         match result {
             Ok(output) => {
@@ -262,9 +317,15 @@ impl LoadedPlugin {
     fn classify(&self, err: extism::Error, code: i32) -> Error {
         if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
             return match trap {
-                wasmtime::Trap::Interrupt => Error::Timeout { timeout_ms: self.limits.timeout_ms() },
-                wasmtime::Trap::OutOfFuel => Error::OutOfFuel { fuel: self.limits.fuel.unwrap_or(0) },
-                _ => Error::Trap { message: format!("{err:#}") },
+                wasmtime::Trap::Interrupt => Error::Timeout {
+                    timeout_ms: self.limits.timeout_ms(),
+                },
+                wasmtime::Trap::OutOfFuel => Error::OutOfFuel {
+                    fuel: self.limits.fuel.unwrap_or(0),
+                },
+                _ => Error::Trap {
+                    message: format!("{err:#}"),
+                },
             };
         }
         if err.downcast_ref::<wasmtime_wasi::I32Exit>().is_some() {
@@ -272,13 +333,26 @@ impl LoadedPlugin {
         }
         // Extism reports its own limits with these exact messages (plugin.rs `raw_call`).
         match err.to_string().as_str() {
-            "timeout" => Error::Timeout { timeout_ms: self.limits.timeout_ms() },
-            "oom" => Error::OutOfMemory { memory_mib: self.limits.memory_mib() },
-            "plugin ran out of fuel" => Error::OutOfFuel { fuel: self.limits.fuel.unwrap_or(0) },
-            _ if err.chain().any(|c| c.downcast_ref::<wasmtime::Trap>().is_some()) => {
-                Error::Trap { message: format!("{err:#}") }
+            "timeout" => Error::Timeout {
+                timeout_ms: self.limits.timeout_ms(),
+            },
+            "oom" => Error::OutOfMemory {
+                memory_mib: self.limits.memory_mib(),
+            },
+            "plugin ran out of fuel" => Error::OutOfFuel {
+                fuel: self.limits.fuel.unwrap_or(0),
+            },
+            _ if err
+                .chain()
+                .any(|c| c.downcast_ref::<wasmtime::Trap>().is_some()) =>
+            {
+                Error::Trap {
+                    message: format!("{err:#}"),
+                }
             }
-            message => Error::Failed { message: message.to_string() },
+            message => Error::Failed {
+                message: message.to_string(),
+            },
         }
     }
 }

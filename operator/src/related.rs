@@ -18,11 +18,28 @@ use crate::plan::ObjRef;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("spec.related[{name}].ref: {path:?} is not a valid JSONPath: {message}")]
-    BadPath { name: String, path: String, message: String },
-    #[error("spec.related[{name}]: reference {found} names kind {kind} in group {group:?}, which spec.related[{name}].allowedKinds does not allow")]
-    KindNotAllowed { name: String, found: String, group: String, kind: String },
-    #[error("spec.related[{name}]: reference {found} points into another namespace: only objects in the parent's namespace {namespace:?} can be related; drop the reference's namespace field")]
-    OtherNamespace { name: String, found: String, namespace: String },
+    BadPath {
+        name: String,
+        path: String,
+        message: String,
+    },
+    #[error(
+        "spec.related[{name}]: reference {found} names kind {kind} in group {group:?}, which spec.related[{name}].allowedKinds does not allow"
+    )]
+    KindNotAllowed {
+        name: String,
+        found: String,
+        group: String,
+        kind: String,
+    },
+    #[error(
+        "spec.related[{name}]: reference {found} points into another namespace: only objects in the parent's namespace {namespace:?} can be related; drop the reference's namespace field"
+    )]
+    OtherNamespace {
+        name: String,
+        found: String,
+        namespace: String,
+    },
     #[error("spec.related[{name}]: kind {gvk} is not served by the API server: {source}")]
     Discovery {
         name: String,
@@ -50,14 +67,21 @@ pub fn validate(spec: &RelatedSpec) -> Result<()> {
     let paths = spec.ref_.iter().chain(spec.contract.values());
     for path in paths {
         if let Err(e) = probe.query(path) {
-            return Err(Error::BadPath { name: spec.name.clone(), path: path.clone(), message: e.to_string() });
+            return Err(Error::BadPath {
+                name: spec.name.clone(),
+                path: path.clone(),
+                message: e.to_string(),
+            });
         }
     }
     Ok(())
 }
 
 fn first(value: &Value, path: &str) -> Option<Value> {
-    value.query(path).ok().and_then(|hits| hits.first().map(|v| (*v).clone()))
+    value
+        .query(path)
+        .ok()
+        .and_then(|hits| hits.first().map(|v| (*v).clone()))
 }
 
 /// Resolves one entry for `parent`. Returns the resolved value and, for a `ref`, the
@@ -65,7 +89,12 @@ fn first(value: &Value, path: &str) -> Option<Value> {
 ///
 /// # Errors
 /// Disallowed kinds, other namespaces, unknown kinds, read failures (e.g. forbidden).
-pub async fn resolve(client: &Client, spec: &RelatedSpec, parent: &Value, namespace: &str) -> Result<(Related, Option<ObjRef>)> {
+pub async fn resolve(
+    client: &Client,
+    spec: &RelatedSpec,
+    parent: &Value,
+    namespace: &str,
+) -> Result<(Related, Option<ObjRef>)> {
     if let Some(path) = &spec.ref_ {
         return resolve_ref(client, spec, path, parent, namespace).await;
     }
@@ -79,35 +108,95 @@ pub async fn resolve(client: &Client, spec: &RelatedSpec, parent: &Value, namesp
         params = params.labels(&selector_string(selector));
     }
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    let list = api.list(&params).await.map_err(|source| Error::Read { name: spec.name.clone(), what: format!("{kind} list"), source })?;
-    let mut objects: Vec<Value> = list.items.into_iter().map(|o| clean(o, &resource)).collect();
-    objects.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
-    Ok((Related { objects, ..Default::default() }, None))
+    let list = api.list(&params).await.map_err(|source| Error::Read {
+        name: spec.name.clone(),
+        what: format!("{kind} list"),
+        source,
+    })?;
+    let mut objects: Vec<Value> = list
+        .items
+        .into_iter()
+        .map(|o| clean(o, &resource))
+        .collect();
+    objects.sort_by(|a, b| {
+        a["metadata"]["name"]
+            .as_str()
+            .cmp(&b["metadata"]["name"].as_str())
+    });
+    Ok((
+        Related {
+            objects,
+            ..Default::default()
+        },
+        None,
+    ))
 }
 
-async fn resolve_ref(client: &Client, spec: &RelatedSpec, path: &str, parent: &Value, namespace: &str) -> Result<(Related, Option<ObjRef>)> {
-    let missing_all = |reason: String| Related { missing: spec.contract.keys().cloned().collect(), reason: Some(reason), ..Default::default() };
+async fn resolve_ref(
+    client: &Client,
+    spec: &RelatedSpec,
+    path: &str,
+    parent: &Value,
+    namespace: &str,
+) -> Result<(Related, Option<ObjRef>)> {
+    let missing_all = |reason: String| Related {
+        missing: spec.contract.keys().cloned().collect(),
+        reason: Some(reason),
+        ..Default::default()
+    };
     let Some(reference) = first(parent, path) else {
-        return Ok((missing_all(format!("{path} is not set on the parent")), None));
+        return Ok((
+            missing_all(format!("{path} is not set on the parent")),
+            None,
+        ));
     };
     let field = |k: &str| reference.get(k).and_then(Value::as_str).map(String::from);
-    let (Some(api_version), Some(kind), Some(name)) = (field("apiVersion"), field("kind"), field("name")) else {
-        return Ok((missing_all(format!("{path} must hold apiVersion, kind and name; found {reference}")), None));
+    let (Some(api_version), Some(kind), Some(name)) =
+        (field("apiVersion"), field("kind"), field("name"))
+    else {
+        return Ok((
+            missing_all(format!(
+                "{path} must hold apiVersion, kind and name; found {reference}"
+            )),
+            None,
+        ));
     };
     let found = format!("{kind}/{name} ({api_version})");
     if field("namespace").is_some_and(|ns| ns != namespace) {
-        return Err(Error::OtherNamespace { name: spec.name.clone(), found, namespace: namespace.into() });
+        return Err(Error::OtherNamespace {
+            name: spec.name.clone(),
+            found,
+            namespace: namespace.into(),
+        });
     }
     let gvk = gvk_of(&api_version, &kind);
     let allowed = spec.allowed_kinds.is_empty()
-        || spec.allowed_kinds.iter().any(|a| a.group == gvk.group && a.kind.as_ref().is_none_or(|k| *k == kind));
+        || spec
+            .allowed_kinds
+            .iter()
+            .any(|a| a.group == gvk.group && a.kind.as_ref().is_none_or(|k| *k == kind));
     if !allowed {
-        return Err(Error::KindNotAllowed { name: spec.name.clone(), found, group: gvk.group, kind });
+        return Err(Error::KindNotAllowed {
+            name: spec.name.clone(),
+            found,
+            group: gvk.group,
+            kind,
+        });
     }
     let resource = discover(client, &spec.name, &gvk).await?;
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    let target = ObjRef { api_version: api_version.clone(), kind: kind.clone(), namespace: namespace.into(), name: name.clone() };
-    let Some(obj) = api.get_opt(&name).await.map_err(|source| Error::Read { name: spec.name.clone(), what: found.clone(), source })? else {
+    let target = ObjRef {
+        api_version: api_version.clone(),
+        kind: kind.clone(),
+        namespace: namespace.into(),
+        name: name.clone(),
+    };
+    let Some(obj) = api.get_opt(&name).await.map_err(|source| Error::Read {
+        name: spec.name.clone(),
+        what: found.clone(),
+        source,
+    })?
+    else {
         return Ok((missing_all(format!("{found} does not exist")), None));
     };
     let obj = clean(obj, &resource);
@@ -121,8 +210,22 @@ async fn resolve_ref(client: &Client, spec: &RelatedSpec, path: &str, parent: &V
             None => missing.push(field.clone()),
         }
     }
-    let reason = (!missing.is_empty()).then(|| format!("{found} does not set contract field(s) {}", missing.join(", ")));
-    Ok((Related { object: Some(obj), objects: Vec::new(), contract, missing, reason }, Some(target)))
+    let reason = (!missing.is_empty()).then(|| {
+        format!(
+            "{found} does not set contract field(s) {}",
+            missing.join(", ")
+        )
+    });
+    Ok((
+        Related {
+            object: Some(obj),
+            objects: Vec::new(),
+            contract,
+            missing,
+            reason,
+        },
+        Some(target),
+    ))
 }
 
 fn gvk_of(api_version: &str, kind: &str) -> GroupVersionKind {
@@ -134,18 +237,32 @@ async fn discover(client: &Client, name: &str, gvk: &GroupVersionKind) -> Result
     kube::discovery::pinned_kind(client, gvk)
         .await
         .map(|(ar, _)| ar)
-        .map_err(|source| Error::Discovery { name: name.into(), gvk: format!("{}/{} {}", gvk.group, gvk.version, gvk.kind), source })
+        .map_err(|source| Error::Discovery {
+            name: name.into(),
+            gvk: format!("{}/{} {}", gvk.group, gvk.version, gvk.kind),
+            source,
+        })
 }
 
 /// An object as a plugin sees it: with apiVersion/kind, without managedFields.
 pub fn clean(mut obj: DynamicObject, resource: &ApiResource) -> Value {
-    obj.types = Some(kube::core::TypeMeta { api_version: resource.api_version.clone(), kind: resource.kind.clone() });
+    obj.types = Some(kube::core::TypeMeta {
+        api_version: resource.api_version.clone(),
+        kind: resource.kind.clone(),
+    });
     obj.metadata.managed_fields = None;
     serde_json::to_value(obj).expect("objects serialise")
 }
 
-fn selector_string(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> String {
-    let mut parts: Vec<String> = selector.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+fn selector_string(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> String {
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     for expr in selector.match_expressions.iter().flatten() {
         let values = expr.values.clone().unwrap_or_default().join(",");
         parts.push(match expr.operator.as_str() {
@@ -182,6 +299,9 @@ mod tests {
             selector: None,
         };
         let err = validate(&spec).unwrap_err().to_string();
-        assert!(err.starts_with("spec.related[infra].ref: \"$.spec[\" is not a valid JSONPath"), "{err}");
+        assert!(
+            err.starts_with("spec.related[infra].ref: \"$.spec[\" is not a valid JSONPath"),
+            "{err}"
+        );
     }
 }

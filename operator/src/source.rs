@@ -19,10 +19,23 @@ const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("ConfigMap {namespace}/{name} not found: create it (kubectl create configmap {name} --from-file={key}=plugin.wasm) or fix spec.plugin.source.configMap.name")]
-    ConfigMapNotFound { namespace: String, name: String, key: String },
-    #[error("ConfigMap {namespace}/{name} has no key {key:?} in binaryData or data (keys: {keys}); fix spec.plugin.source.configMap.key")]
-    KeyNotFound { namespace: String, name: String, key: String, keys: String },
+    #[error(
+        "ConfigMap {namespace}/{name} not found: create it (kubectl create configmap {name} --from-file={key}=plugin.wasm) or fix spec.plugin.source.configMap.name"
+    )]
+    ConfigMapNotFound {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error(
+        "ConfigMap {namespace}/{name} has no key {key:?} in binaryData or data (keys: {keys}); fix spec.plugin.source.configMap.key"
+    )]
+    KeyNotFound {
+        namespace: String,
+        name: String,
+        key: String,
+        keys: String,
+    },
     #[error("reading ConfigMap {namespace}/{name} as the controller's service account: {source}")]
     ConfigMapRead {
         namespace: String,
@@ -30,7 +43,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("spec.plugin.source.file is disabled: start the operator with --allow-file-plugins (development only) or use spec.plugin.source.configMap")]
+    #[error(
+        "spec.plugin.source.file is disabled: start the operator with --allow-file-plugins (development only) or use spec.plugin.source.configMap"
+    )]
     FileSourceDisabled,
     #[error("reading plugin file {path}: {source}")]
     File {
@@ -38,7 +53,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("plugin is not WebAssembly (first bytes {magic}): ConfigMap binaryData must hold a .wasm module, optionally gzip- or zstd-compressed")]
+    #[error(
+        "plugin is not WebAssembly (first bytes {magic}): ConfigMap binaryData must hold a .wasm module, optionally gzip- or zstd-compressed"
+    )]
     NotWasm { magic: String },
     #[error("decompressing {encoding} plugin: {source}")]
     Decompress {
@@ -63,7 +80,13 @@ pub struct PluginBytes {
 
 impl std::fmt::Debug for PluginBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PluginBytes(sha256={}, {} bytes, {})", self.sha256, self.wasm.len(), self.encoding)
+        write!(
+            f,
+            "PluginBytes(sha256={}, {} bytes, {})",
+            self.sha256,
+            self.wasm.len(),
+            self.encoding
+        )
     }
 }
 
@@ -80,11 +103,14 @@ pub async fn load(
 ) -> Result<PluginBytes> {
     let raw = if let Some(cm) = &source.config_map {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let found = api.get_opt(&cm.name).await.map_err(|source| Error::ConfigMapRead {
-            namespace: namespace.into(),
-            name: cm.name.clone(),
-            source,
-        })?;
+        let found = api
+            .get_opt(&cm.name)
+            .await
+            .map_err(|source| Error::ConfigMapRead {
+                namespace: namespace.into(),
+                name: cm.name.clone(),
+                source,
+            })?;
         let found = found.ok_or_else(|| Error::ConfigMapNotFound {
             namespace: namespace.into(),
             name: cm.name.clone(),
@@ -100,7 +126,10 @@ pub async fn load(
         if !allow_files {
             return Err(Error::FileSourceDisabled);
         }
-        tokio::fs::read(path).await.map_err(|source| Error::File { path: path.clone(), source })?
+        tokio::fs::read(path).await.map_err(|source| Error::File {
+            path: path.clone(),
+            source,
+        })?
     } else {
         unreachable!("the CRD's CEL rule requires exactly one source")
     };
@@ -111,13 +140,25 @@ fn config_map_key(cm: &ConfigMap, key: &str) -> Option<Vec<u8>> {
     if let Some(b) = cm.binary_data.as_ref().and_then(|d| d.get(key)) {
         return Some(b.0.clone());
     }
-    cm.data.as_ref().and_then(|d| d.get(key)).map(|s| s.as_bytes().to_vec())
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|s| s.as_bytes().to_vec())
 }
 
 fn keys_of(cm: &ConfigMap) -> String {
-    let mut keys: Vec<&str> = cm.binary_data.iter().flat_map(|d| d.keys()).map(String::as_str).collect();
+    let mut keys: Vec<&str> = cm
+        .binary_data
+        .iter()
+        .flat_map(|d| d.keys())
+        .map(String::as_str)
+        .collect();
     keys.extend(cm.data.iter().flat_map(|d| d.keys()).map(String::as_str));
-    if keys.is_empty() { "none".into() } else { keys.join(", ") }
+    if keys.is_empty() {
+        "none".into()
+    } else {
+        keys.join(", ")
+    }
 }
 
 /// Decompresses (by magic bytes) and identifies plugin bytes.
@@ -126,10 +167,15 @@ fn keys_of(cm: &ConfigMap) -> String {
 /// Content that is not wasm once decompressed, or larger than [`MAX_PLUGIN_BYTES`].
 pub fn decode(raw: &[u8]) -> Result<PluginBytes> {
     let (wasm, encoding) = if raw.starts_with(GZIP_MAGIC) {
-        (read_capped(flate2::read::GzDecoder::new(raw), "gzip")?, "gzip")
+        (
+            read_capped(flate2::read::GzDecoder::new(raw), "gzip")?,
+            "gzip",
+        )
     } else if raw.starts_with(ZSTD_MAGIC) {
-        let dec = zstd::stream::read::Decoder::new(raw)
-            .map_err(|source| Error::Decompress { encoding: "zstd", source })?;
+        let dec = zstd::stream::read::Decoder::new(raw).map_err(|source| Error::Decompress {
+            encoding: "zstd",
+            source,
+        })?;
         (read_capped(dec, "zstd")?, "zstd")
     } else {
         (raw.to_vec(), "none")
@@ -138,9 +184,15 @@ pub fn decode(raw: &[u8]) -> Result<PluginBytes> {
         return Err(Error::TooLarge);
     }
     if !wasm.starts_with(WASM_MAGIC) {
-        return Err(Error::NotWasm { magic: hex::encode(&wasm[..wasm.len().min(4)]) });
+        return Err(Error::NotWasm {
+            magic: hex::encode(&wasm[..wasm.len().min(4)]),
+        });
     }
-    Ok(PluginBytes { sha256: sha256_hex(&wasm), wasm: wasm.into(), encoding })
+    Ok(PluginBytes {
+        sha256: sha256_hex(&wasm),
+        wasm: wasm.into(),
+        encoding,
+    })
 }
 
 fn read_capped(r: impl Read, encoding: &'static str) -> Result<Vec<u8>> {
@@ -181,7 +233,10 @@ mod tests {
     #[test]
     fn non_wasm_content_is_rejected_with_its_magic() {
         let err = decode(b"hello world").unwrap_err().to_string();
-        assert!(err.contains("68656c6c") && err.contains("not WebAssembly"), "{err}");
+        assert!(
+            err.contains("68656c6c") && err.contains("not WebAssembly"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -29,7 +29,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the initial list of {kind} ({api_version}) did not complete within {READY_TIMEOUT:?}: does the operator's own account may list/watch it cluster-wide? (see deploy/ RBAC)")]
+    #[error(
+        "the initial list of {kind} ({api_version}) did not complete within {READY_TIMEOUT:?}: does the operator's own account may list/watch it cluster-wide? (see deploy/ RBAC)"
+    )]
     NotReady { api_version: String, kind: String },
 }
 
@@ -61,7 +63,11 @@ impl Drop for SharedKind {
 
 impl Watches {
     pub fn new(client: Client, metrics: Metrics) -> Self {
-        Watches { client, metrics, kinds: Mutex::new(HashMap::new()) }
+        Watches {
+            client,
+            metrics,
+            kinds: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The shared watch of `resource`, started if nobody holds it, once its initial list is in.
@@ -69,7 +75,11 @@ impl Watches {
     /// # Errors
     /// [`Error::NotReady`] when the initial list does not complete in time.
     pub async fn get(&self, resource: &ApiResource) -> Result<Arc<SharedKind>> {
-        let key = (resource.group.clone(), resource.version.clone(), resource.plural.clone());
+        let key = (
+            resource.group.clone(),
+            resource.version.clone(),
+            resource.plural.clone(),
+        );
         let shared = {
             let mut kinds = self.kinds.lock().unwrap();
             match kinds.get(&key).and_then(Weak::upgrade) {
@@ -83,8 +93,14 @@ impl Watches {
         };
         tokio::time::timeout(READY_TIMEOUT, shared.store.wait_until_ready())
             .await
-            .map_err(|_| Error::NotReady { api_version: resource.api_version.clone(), kind: resource.kind.clone() })?
-            .map_err(|_| Error::NotReady { api_version: resource.api_version.clone(), kind: resource.kind.clone() })?;
+            .map_err(|_| Error::NotReady {
+                api_version: resource.api_version.clone(),
+                kind: resource.kind.clone(),
+            })?
+            .map_err(|_| Error::NotReady {
+                api_version: resource.api_version.clone(),
+                kind: resource.kind.clone(),
+            })?;
         Ok(shared)
     }
 
@@ -96,10 +112,18 @@ impl Watches {
         let feed = tx.clone();
         let (kind, metrics) = (resource.kind.clone(), self.metrics.clone());
         let task = tokio::spawn(async move {
-            let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().reflect(writer));
+            let mut events = std::pin::pin!(
+                watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .reflect(writer)
+            );
             while let Some(event) = events.next().await {
                 match event {
-                    Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj) | watcher::Event::InitApply(obj)) => {
+                    Ok(
+                        watcher::Event::Apply(obj)
+                        | watcher::Event::Delete(obj)
+                        | watcher::Event::InitApply(obj),
+                    ) => {
                         let _ = feed.send(Arc::new(obj)); // no subscribers yet is fine
                     }
                     Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
@@ -112,35 +136,50 @@ impl Watches {
         });
         self.metrics.watches.inc();
         tracing::info!(kind = %resource.kind, api_version = %resource.api_version, "watch started");
-        SharedKind { resource, store, tx, task: task.abort_handle(), metrics: self.metrics.clone() }
+        SharedKind {
+            resource,
+            store,
+            tx,
+            task: task.abort_handle(),
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 impl SharedKind {
     /// Objects of this kind in `namespace`, from the cache.
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<DynamicObject>> {
-        self.store.state_filter(|o| o.namespace().as_deref() == Some(namespace))
+        self.store
+            .state_filter(|o| o.namespace().as_deref() == Some(namespace))
     }
 
     /// Every object in `namespace` now, then every change to one (including deletions). The
     /// stream holds the watch open while it lives.
-    pub fn subscribe(self: &Arc<Self>, namespace: String) -> impl Stream<Item = Arc<DynamicObject>> + Send + 'static {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        namespace: String,
+    ) -> impl Stream<Item = Arc<DynamicObject>> + Send + 'static {
         let rx = self.tx.subscribe(); // before the snapshot, so nothing falls in between
         let initial = self.in_namespace(&namespace);
-        let live = stream::unfold((rx, self.clone(), namespace), |(mut rx, this, ns)| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(obj) if obj.namespace().as_deref() == Some(ns.as_str()) => return Some((vec![obj], (rx, this, ns))),
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(kind = %this.resource.kind, missed, "subscriber lagged; replaying the store");
-                        let all = this.in_namespace(&ns);
-                        return Some((all, (rx, this, ns)));
+        let live = stream::unfold(
+            (rx, self.clone(), namespace),
+            |(mut rx, this, ns)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(obj) if obj.namespace().as_deref() == Some(ns.as_str()) => {
+                            return Some((vec![obj], (rx, this, ns)));
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::debug!(kind = %this.resource.kind, missed, "subscriber lagged; replaying the store");
+                            let all = this.in_namespace(&ns);
+                            return Some((all, (rx, this, ns)));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
                     }
-                    Err(broadcast::error::RecvError::Closed) => return None,
                 }
-            }
-        });
+            },
+        );
         stream::iter(initial).chain(live.flat_map(stream::iter))
     }
 }

@@ -10,10 +10,13 @@ use wasmop::plugin::{Error, Host, LoadedPlugin};
 use wasmop_abi::{ABI_VERSION, ControllerInfo, ReconcileRequest, ReconcileResponse};
 
 fn plugin_bytes(name: &str) -> wasmop::source::PluginBytes {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
     let path = target.join("plugins").join(format!("{name}.wasm"));
-    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run `make plugins` first", path.display()));
+    let raw = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `make plugins` first", path.display()));
     wasmop::source::decode(&raw).expect("a wasm plugin")
 }
 
@@ -29,19 +32,35 @@ fn request(config: Value, spec: Value) -> Vec<u8> {
 
 async fn load(name: &str, limits: Limits) -> Arc<LoadedPlugin> {
     let host = Host::new(None).unwrap();
-    host.load(&plugin_bytes(name), &limits, 2).await.expect("plugin loads")
+    host.load(&plugin_bytes(name), &limits, 2)
+        .await
+        .expect("plugin loads")
 }
 
 fn small_limits() -> Limits {
-    Limits { memory_mib: Some(16), timeout_ms: Some(300), fuel: None }
+    Limits {
+        memory_mib: Some(16),
+        timeout_ms: Some(300),
+        fuel: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_website_plugin_answers_with_children_and_status() {
     let plugin = load("website-rust", Limits::default()).await;
-    let out = plugin.call("reconcile", request(json!({"replicas": 2}), json!({"content": "x"}))).await.unwrap();
+    let out = plugin
+        .call(
+            "reconcile",
+            request(json!({"replicas": 2}), json!({"content": "x"})),
+        )
+        .await
+        .unwrap();
     let response: ReconcileResponse = serde_json::from_slice(&out.output).unwrap();
-    let kinds: Vec<_> = response.children.iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<_> = response
+        .children
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["ConfigMap", "Deployment"]);
     assert_eq!(response.children[1]["spec"]["replicas"], 2);
     assert_eq!(response.status.unwrap()["phase"], "Progressing");
@@ -50,19 +69,36 @@ async fn the_website_plugin_answers_with_children_and_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_error_carries_the_plugin_message() {
     let plugin = load("website-rust", Limits::default()).await;
-    let err = plugin.call("reconcile", request(json!({}), json!({"replicas": -3}))).await.unwrap_err();
-    assert!(matches!(&err, Error::Failed { message } if message == "spec.replicas must be a non-negative integer"), "{err}");
+    let err = plugin
+        .call("reconcile", request(json!({}), json!({"replicas": -3})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Failed { message } if message == "spec.replicas must be a non-negative integer"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn misbehaving_plugins_are_stopped_and_classified() {
     let plugin = load("misbehave", small_limits()).await;
-    for (mode, label) in [("loop", "timeout"), ("oom", "out_of_memory"), ("panic", "trap"), ("error", "plugin_error")] {
-        let err = plugin.call("reconcile", request(json!({"mode": mode}), json!({}))).await.unwrap_err();
+    for (mode, label) in [
+        ("loop", "timeout"),
+        ("oom", "out_of_memory"),
+        ("panic", "trap"),
+        ("error", "plugin_error"),
+    ] {
+        let err = plugin
+            .call("reconcile", request(json!({"mode": mode}), json!({})))
+            .await
+            .unwrap_err();
         assert_eq!(err.metric_label(), label, "mode {mode}: {err}");
     }
     // After all that, the same loaded plugin still serves good calls on fresh instances.
-    let out = plugin.call("reconcile", request(json!({"mode": "marker"}), json!({}))).await.unwrap();
+    let out = plugin
+        .call("reconcile", request(json!({"mode": "marker"}), json!({})))
+        .await
+        .unwrap();
     let response: ReconcileResponse = serde_json::from_slice(&out.output).unwrap();
     assert_eq!(response.children[0]["metadata"]["name"], "site-marker");
 }
@@ -70,14 +106,32 @@ async fn misbehaving_plugins_are_stopped_and_classified() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timeout_names_the_limit_to_raise() {
     let plugin = load("misbehave", small_limits()).await;
-    let err = plugin.call("reconcile", request(json!({"mode": "loop"}), json!({}))).await.unwrap_err();
-    assert!(err.to_string().contains("300 ms (spec.plugin.limits.timeoutMs)"), "{err}");
+    let err = plugin
+        .call("reconcile", request(json!({"mode": "loop"}), json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("300 ms (spec.plugin.limits.timeoutMs)"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fuel_limits_stop_runaway_loops_deterministically() {
-    let plugin = load("misbehave", Limits { fuel: Some(5_000_000), timeout_ms: Some(10_000), ..small_limits() }).await;
-    let err = plugin.call("reconcile", request(json!({"mode": "loop"}), json!({}))).await.unwrap_err();
+    let plugin = load(
+        "misbehave",
+        Limits {
+            fuel: Some(5_000_000),
+            timeout_ms: Some(10_000),
+            ..small_limits()
+        },
+    )
+    .await;
+    let err = plugin
+        .call("reconcile", request(json!({"mode": "loop"}), json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(err.metric_label(), "out_of_fuel", "{err}");
 }
 
@@ -85,15 +139,25 @@ async fn fuel_limits_stop_runaway_loops_deterministically() {
 async fn a_missing_export_is_reported_by_name() {
     let plugin = load("misbehave", small_limits()).await;
     assert!(!plugin.has_export("finalize").unwrap());
-    let err = plugin.call("finalize", request(json!({}), json!({}))).await.unwrap_err();
-    assert!(matches!(&err, Error::MissingExport { export } if export == "finalize"), "{err}");
+    let err = plugin
+        .call("finalize", request(json!({}), json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingExport { export } if export == "finalize"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_that_are_not_a_plugin_fail_to_load_with_a_compile_error() {
     let host = Host::new(None).unwrap();
     let bytes = wasmop::source::decode(b"\0asm\x01\0\0\0\x01\x05garbage").unwrap();
-    let err = host.load(&bytes, &Limits::default(), 1).await.err().expect("load fails");
+    let err = host
+        .load(&bytes, &Limits::default(), 1)
+        .await
+        .err()
+        .expect("load fails");
     assert_eq!(err.metric_label(), "compile", "{err}");
 }
 

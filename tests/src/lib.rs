@@ -15,7 +15,10 @@ use tokio::sync::OnceCell;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
@@ -25,7 +28,12 @@ fn target_dir() -> PathBuf {
 /// A plugin built by `make plugins` (`target/plugins/<name>.wasm`).
 pub fn plugin(name: &str) -> Vec<u8> {
     let path = target_dir().join("plugins").join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; build the plugins first with `make plugins`", path.display()))
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the plugins first with `make plugins`",
+            path.display()
+        )
+    })
 }
 
 /// The running operator of this test binary.
@@ -44,9 +52,34 @@ pub async fn cluster() -> Result<&'static ControlPlane> {
     let cp = ControlPlane::shared().await?;
     CRDS.get_or_try_init(|| async {
         let root = root();
-        kubectl(cp, &["apply", "--server-side", "-f", &root.join("crds/wasmcontroller.yaml").to_string_lossy()])?;
-        kubectl(cp, &["apply", "--server-side", "-f", &root.join("samples/website/crd.yaml").to_string_lossy()])?;
-        kubectl(cp, &["wait", "--for=condition=Established", "--timeout=60s", "crd/wasmcontrollers.wasmop.dev", "crd/websites.example.com"])?;
+        kubectl(
+            cp,
+            &[
+                "apply",
+                "--server-side",
+                "-f",
+                &root.join("crds/wasmcontroller.yaml").to_string_lossy(),
+            ],
+        )?;
+        kubectl(
+            cp,
+            &[
+                "apply",
+                "--server-side",
+                "-f",
+                &root.join("samples/website/crd.yaml").to_string_lossy(),
+            ],
+        )?;
+        kubectl(
+            cp,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/wasmcontrollers.wasmop.dev",
+                "crd/websites.example.com",
+            ],
+        )?;
         Ok::<_, anyhow::Error>(())
     })
     .await?;
@@ -58,11 +91,17 @@ pub async fn operator() -> Result<(&'static ControlPlane, &'static Operator)> {
     let cp = cluster().await?;
     let op = OPERATOR
         .get_or_try_init(|| async {
-            let bin = std::env::var_os("WASMOP_BIN").map_or_else(|| target_dir().join("debug/wasmop"), PathBuf::from);
+            let bin = std::env::var_os("WASMOP_BIN")
+                .map_or_else(|| target_dir().join("debug/wasmop"), PathBuf::from);
             if !bin.exists() {
-                bail!("{} not found: build it first (`make build`, or `cargo build -p wasmop`)", bin.display());
+                bail!(
+                    "{} not found: build it first (`make build`, or `cargo build -p wasmop`)",
+                    bin.display()
+                );
             }
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
             let dir = tempdir("wasmop-e2e")?;
             // WASMOP_E2E_KEEP=1 keeps the operator's log and cache for a post-mortem.
             let keep = std::env::var_os("WASMOP_E2E_KEEP").is_some();
@@ -83,13 +122,27 @@ pub async fn operator() -> Result<(&'static ControlPlane, &'static Operator)> {
             let proc = supervisor.spawn("wasmop", &bin, &args, &log)?;
             let metrics_url = format!("http://127.0.0.1:{port}");
             let deadline = Instant::now() + Duration::from_secs(60);
-            while http_get(&format!("{metrics_url}/readyz")).await.ok().map(|(code, _)| code) != Some(200) {
+            while http_get(&format!("{metrics_url}/readyz"))
+                .await
+                .ok()
+                .map(|(code, _)| code)
+                != Some(200)
+            {
                 if Instant::now() > deadline {
-                    bail!("wasmop did not become ready in 60 s; log {}:\n{}", log.display(), localcp::supervisor::log_tail(&log, 40));
+                    bail!(
+                        "wasmop did not become ready in 60 s; log {}:\n{}",
+                        log.display(),
+                        localcp::supervisor::log_tail(&log, 40)
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Ok(Operator { metrics_url, log, _supervisor: supervisor, _proc: std::sync::Mutex::new(proc) })
+            Ok(Operator {
+                metrics_url,
+                log,
+                _supervisor: supervisor,
+                _proc: std::sync::Mutex::new(proc),
+            })
         })
         .await?;
     Ok((cp, op))
@@ -107,7 +160,11 @@ impl Operator {
         Ok(text
             .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
     }
@@ -127,15 +184,26 @@ pub fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String> {
 pub fn kubectl_stdin(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Result<String> {
     use std::io::Write;
     let mut cmd: Command = cp.kubectl();
-    cmd.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().context("starting kubectl")?;
     if let Some(input) = stdin {
-        child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())?;
     }
     drop(child.stdin.take());
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -162,7 +230,11 @@ where
 }
 
 fn tempdir(prefix: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -171,13 +243,24 @@ fn tempdir(prefix: &str) -> Result<PathBuf> {
 pub async fn http_get(url: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("http:// URL")?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let mut stream = tokio::net::TcpStream::connect(host).await?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("HTTP status line")?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("HTTP status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }

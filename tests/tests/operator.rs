@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::ByteString;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -35,7 +35,11 @@ fn wasmcontroller_resource() -> ApiResource {
 }
 
 /// A namespace with the sample's ServiceAccount, Role and RoleBinding.
-async fn team_namespace(cp: &localcp::ControlPlane, client: &Client, prefix: &str) -> Result<String> {
+async fn team_namespace(
+    cp: &localcp::ControlPlane,
+    client: &Client,
+    prefix: &str,
+) -> Result<String> {
     let ns = localcp::create_test_namespace(client, prefix).await?;
     let rbac = std::fs::read_to_string(wasmop_e2e::root().join("samples/website/rbac.yaml"))?;
     kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], Some(&rbac))?;
@@ -45,16 +49,32 @@ async fn team_namespace(cp: &localcp::ControlPlane, client: &Client, prefix: &st
 async fn put_plugin(client: &Client, ns: &str, name: &str, wasm: Vec<u8>) -> Result<()> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let cm = ConfigMap {
-        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
         binary_data: Some([("plugin.wasm".to_string(), ByteString(wasm))].into()),
         ..Default::default()
     };
-    api.patch(name, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&cm)).await?;
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&cm),
+    )
+    .await?;
     Ok(())
 }
 
-async fn apply_controller(client: &Client, ns: &str, name: &str, plugin_cm: &str, config: Value, extra: Value) -> Result<()> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &wasmcontroller_resource());
+async fn apply_controller(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    plugin_cm: &str,
+    config: Value,
+    extra: Value,
+) -> Result<()> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &wasmcontroller_resource());
     let mut body = json!({
         "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController",
         "metadata": {"name": name},
@@ -70,14 +90,28 @@ async fn apply_controller(client: &Client, ns: &str, name: &str, plugin_cm: &str
     if let (Some(spec), Some(extra)) = (body["spec"].as_object_mut(), extra.as_object()) {
         spec.extend(extra.clone());
     }
-    api.patch(name, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&body)).await?;
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
     Ok(())
 }
 
-async fn condition(client: &Client, ns: &str, name: &str, type_: &str) -> Result<Option<(String, String, String)>> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &wasmcontroller_resource());
+async fn condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Result<Option<(String, String, String)>> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &wasmcontroller_resource());
     let wc = api.get(name).await?;
-    let conds = wc.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let conds = wc.data["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     Ok(conds.iter().find(|c| c["type"] == type_).map(|c| {
         let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
         (s("status"), s("reason"), s("message"))
@@ -85,9 +119,15 @@ async fn condition(client: &Client, ns: &str, name: &str, type_: &str) -> Result
 }
 
 async fn wait_ready(client: &Client, ns: &str, name: &str) -> Result<()> {
-    eventually(WAIT, &format!("WasmController {ns}/{name} Ready=True"), || async {
-        Ok(condition(client, ns, name, "Ready").await?.filter(|(s, r, _)| s == "True" && r == "Running"))
-    })
+    eventually(
+        WAIT,
+        &format!("WasmController {ns}/{name} Ready=True"),
+        || async {
+            Ok(condition(client, ns, name, "Ready")
+                .await?
+                .filter(|(s, r, _)| s == "True" && r == "Running"))
+        },
+    )
     .await?;
     Ok(())
 }
@@ -102,7 +142,11 @@ async fn create_website(client: &Client, ns: &str, name: &str, spec: Value) -> R
 }
 
 async fn get_website(client: &Client, ns: &str, name: &str) -> Result<DynamicObject> {
-    Ok(Api::<DynamicObject>::namespaced_with(client.clone(), ns, &website_resource()).get(name).await?)
+    Ok(
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &website_resource())
+            .get(name)
+            .await?,
+    )
 }
 
 #[tokio::test]
@@ -111,81 +155,162 @@ async fn website_children_follow_the_plugin_from_create_to_delete() -> Result<()
     let client = cp.client().await?;
     let ns = team_namespace(cp, &client, "website").await?;
     put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-    apply_controller(&client, &ns, "website", "website-plugin", json!({"replicas": 2}), json!({})).await?;
-    wait_ready(&client, &ns, "website").await.map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    apply_controller(
+        &client,
+        &ns,
+        "website",
+        "website-plugin",
+        json!({"replicas": 2}),
+        json!({}),
+    )
+    .await?;
+    wait_ready(&client, &ns, "website")
+        .await
+        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
 
     // Children appear, owned by the parent, managed by this controller's field manager.
     create_website(&client, &ns, "hello", json!({"content": "<h1>hi</h1>"})).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let dep = eventually(WAIT, "Deployment hello", || async { Ok(deployments.get_opt("hello").await?) }).await?;
-    let cm = eventually(WAIT, "ConfigMap hello-content", || async { Ok(configmaps.get_opt("hello-content").await?) }).await?;
+    let dep = eventually(WAIT, "Deployment hello", || async {
+        Ok(deployments.get_opt("hello").await?)
+    })
+    .await?;
+    let cm = eventually(WAIT, "ConfigMap hello-content", || async {
+        Ok(configmaps.get_opt("hello-content").await?)
+    })
+    .await?;
     let parent = get_website(&client, &ns, "hello").await?;
     for (kind, owners, managed) in [
-        ("Deployment", dep.owner_references().to_vec(), dep.managed_fields().to_vec()),
-        ("ConfigMap", cm.owner_references().to_vec(), cm.managed_fields().to_vec()),
+        (
+            "Deployment",
+            dep.owner_references().to_vec(),
+            dep.managed_fields().to_vec(),
+        ),
+        (
+            "ConfigMap",
+            cm.owner_references().to_vec(),
+            cm.managed_fields().to_vec(),
+        ),
     ] {
         assert_eq!(owners.len(), 1, "{kind} has one owner");
-        assert_eq!(owners[0].uid, parent.uid().unwrap(), "{kind} is owned by the parent");
+        assert_eq!(
+            owners[0].uid,
+            parent.uid().unwrap(),
+            "{kind} is owned by the parent"
+        );
         assert_eq!(owners[0].controller, Some(true));
         let manager = format!("wasmop.dev/{ns}.website");
         assert!(
-            managed.iter().any(|m| m.manager.as_deref() == Some(manager.as_str()) && m.operation.as_deref() == Some("Apply")),
+            managed
+                .iter()
+                .any(|m| m.manager.as_deref() == Some(manager.as_str())
+                    && m.operation.as_deref() == Some("Apply")),
             "{kind} has managedFields under {manager}: {managed:?}"
         );
     }
-    assert_eq!(dep.spec.as_ref().unwrap().replicas, Some(2), "replicas come from spec.plugin.config");
+    assert_eq!(
+        dep.spec.as_ref().unwrap().replicas,
+        Some(2),
+        "replicas come from spec.plugin.config"
+    );
     assert_eq!(cm.data.as_ref().unwrap()["index.html"], "<h1>hi</h1>");
 
     // Status is set on the parent's status subresource.
     let status = eventually(WAIT, "Website status", || async {
         let w = get_website(&client, &ns, "hello").await?;
-        Ok(w.data.get("status").filter(|s| s["phase"].is_string()).cloned())
+        Ok(w.data
+            .get("status")
+            .filter(|s| s["phase"].is_string())
+            .cloned())
     })
     .await?;
     assert_eq!(status["phase"], "Progressing");
-    assert_eq!(status["children"], json!(["ConfigMap/hello-content", "Deployment/hello"]));
+    assert_eq!(
+        status["children"],
+        json!(["ConfigMap/hello-content", "Deployment/hello"])
+    );
 
     // Changing the parent updates the children.
-    let websites: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &website_resource());
+    let websites: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &website_resource());
     websites
-        .patch("hello", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}})))
+        .patch(
+            "hello",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
         .await?;
     eventually(WAIT, "Deployment hello scaled to 5", || async {
-        Ok(deployments.get("hello").await?.spec.and_then(|s| s.replicas).filter(|r| *r == 5))
+        Ok(deployments
+            .get("hello")
+            .await?
+            .spec
+            .and_then(|s| s.replicas)
+            .filter(|r| *r == 5))
     })
     .await?;
 
     // Removing a child from the desired set deletes it.
     websites
-        .patch("hello", &PatchParams::default(), &Patch::Merge(json!({"spec": {"content": null}})))
+        .patch(
+            "hello",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"content": null}})),
+        )
         .await?;
     eventually(WAIT, "ConfigMap hello-content pruned", || async {
-        Ok(configmaps.get_opt("hello-content").await?.is_none().then_some(()))
+        Ok(configmaps
+            .get_opt("hello-content")
+            .await?
+            .is_none()
+            .then_some(()))
     })
     .await?;
 
     // After convergence nothing is written for 5 seconds.
     eventually(WAIT, "status reflecting the last change", || async {
         let w = get_website(&client, &ns, "hello").await?;
-        Ok((w.data["status"]["replicas"] == 5 && w.data["status"]["children"] == json!(["Deployment/hello"])).then_some(()))
+        Ok((w.data["status"]["replicas"] == 5
+            && w.data["status"]["children"] == json!(["Deployment/hello"]))
+        .then_some(()))
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await; // let the last watch events settle
     let before = (
         get_website(&client, &ns, "hello").await?.resource_version(),
         deployments.get("hello").await?.resource_version(),
-        op.metric("wasmop_applies_total", &[("controller", &format!("{ns}/website"))]).await?,
-        op.metric("wasmop_reconciles_total", &[("controller", &format!("{ns}/website"))]).await?,
+        op.metric(
+            "wasmop_applies_total",
+            &[("controller", &format!("{ns}/website"))],
+        )
+        .await?,
+        op.metric(
+            "wasmop_reconciles_total",
+            &[("controller", &format!("{ns}/website"))],
+        )
+        .await?,
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = (
         get_website(&client, &ns, "hello").await?.resource_version(),
         deployments.get("hello").await?.resource_version(),
-        op.metric("wasmop_applies_total", &[("controller", &format!("{ns}/website"))]).await?,
-        op.metric("wasmop_reconciles_total", &[("controller", &format!("{ns}/website"))]).await?,
+        op.metric(
+            "wasmop_applies_total",
+            &[("controller", &format!("{ns}/website"))],
+        )
+        .await?,
+        op.metric(
+            "wasmop_reconciles_total",
+            &[("controller", &format!("{ns}/website"))],
+        )
+        .await?,
     );
-    assert_eq!((&before.0, &before.1, before.2), (&after.0, &after.1, after.2), "no writes at steady state");
+    assert_eq!(
+        (&before.0, &before.1, before.2),
+        (&after.0, &after.1, after.2),
+        "no writes at steady state"
+    );
     assert_eq!(before.3, after.3, "no reconcile loop at steady state");
 
     // Deleting the parent removes its children (the garbage collector follows ownerReferences).
@@ -198,36 +323,52 @@ async fn website_children_follow_the_plugin_from_create_to_delete() -> Result<()
 }
 
 #[tokio::test]
-async fn editing_the_plugin_configmap_hot_reloads_and_deleting_the_controller_stops_it() -> Result<()> {
+async fn editing_the_plugin_configmap_hot_reloads_and_deleting_the_controller_stops_it()
+-> Result<()> {
     let (cp, op) = operator().await?;
     let client = cp.client().await?;
     let ns = team_namespace(cp, &client, "reload").await?;
     put_plugin(&client, &ns, "plugin", plugin("website-rust")).await?;
     apply_controller(&client, &ns, "site", "plugin", json!({}), json!({})).await?;
-    wait_ready(&client, &ns, "site").await.map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    wait_ready(&client, &ns, "site")
+        .await
+        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
     create_website(&client, &ns, "one", json!({})).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    eventually(WAIT, "Deployment one", || async { Ok(deployments.get_opt("one").await?) }).await?;
+    eventually(WAIT, "Deployment one", || async {
+        Ok(deployments.get_opt("one").await?)
+    })
+    .await?;
 
     // New plugin bytes (zstd-compressed, to prove compressed ConfigMaps load): new logic, no restart.
     let compressed = zstd_compress(&plugin("misbehave"));
     put_plugin(&client, &ns, "plugin", compressed).await?;
-    eventually(WAIT, "ConfigMap one-marker from the reloaded plugin", || async {
-        Ok(configmaps.get_opt("one-marker").await?)
-    })
+    eventually(
+        WAIT,
+        "ConfigMap one-marker from the reloaded plugin",
+        || async { Ok(configmaps.get_opt("one-marker").await?) },
+    )
     .await?;
     eventually(WAIT, "Deployment one pruned by the new logic", || async {
         Ok(deployments.get_opt("one").await?.is_none().then_some(()))
     })
     .await?;
-    let wc = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &wasmcontroller_resource()).get("site").await?;
+    let wc = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &wasmcontroller_resource())
+        .get("site")
+        .await?;
     assert_eq!(wc.data["status"]["plugin"]["encoding"], "zstd");
 
     // The plugin's log call reached the operator's log inside the reconcile span.
     let logged = std::fs::read_to_string(&op.log)?;
-    let line = logged.lines().find(|l| l.contains("marking one")).context("plugin log line `marking one` in the operator log")?;
-    assert!(line.contains(&format!("controller={ns}/site")) && line.contains("parent=one"), "{line}");
+    let line = logged
+        .lines()
+        .find(|l| l.contains("marking one"))
+        .context("plugin log line `marking one` in the operator log")?;
+    assert!(
+        line.contains(&format!("controller={ns}/site")) && line.contains("parent=one"),
+        "{line}"
+    );
 
     // Deleting the WasmController stops reconciliation.
     Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &wasmcontroller_resource())
@@ -240,7 +381,10 @@ async fn editing_the_plugin_configmap_hot_reloads_and_deleting_the_controller_st
     .await?;
     create_website(&client, &ns, "two", json!({})).await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(configmaps.get_opt("two-marker").await?.is_none(), "no reconcile after the WasmController is gone");
+    assert!(
+        configmaps.get_opt("two-marker").await?.is_none(),
+        "no reconcile after the WasmController is gone"
+    );
     Ok(())
 }
 
@@ -266,35 +410,76 @@ async fn bad_plugins_are_contained_reported_and_write_nothing() -> Result<()> {
         apply_controller(&client, &ns, mode, "bad", json!({"mode": mode}), json!({})).await?;
     }
     // A well-behaved controller in the same namespace keeps working throughout.
-    apply_controller(&client, &ns, "good", "bad", json!({"mode": "marker"}), json!({})).await?;
+    apply_controller(
+        &client,
+        &ns,
+        "good",
+        "bad",
+        json!({"mode": "marker"}),
+        json!({}),
+    )
+    .await?;
     for (mode, _) in cases {
-        wait_ready(&client, &ns, mode).await.map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+        wait_ready(&client, &ns, mode)
+            .await
+            .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
     }
     create_website(&client, &ns, "target", json!({})).await?;
 
     for (mode, reason) in cases {
-        let (_, got, message) = eventually(WAIT, &format!("Degraded condition of {mode}"), || async {
-            Ok(condition(&client, &ns, mode, "Degraded").await?.filter(|(s, _, _)| s == "True"))
-        })
-        .await?;
+        let (_, got, message) =
+            eventually(WAIT, &format!("Degraded condition of {mode}"), || async {
+                Ok(condition(&client, &ns, mode, "Degraded")
+                    .await?
+                    .filter(|(s, _, _)| s == "True"))
+            })
+            .await?;
         assert_eq!(got, reason, "{mode}: {message}");
-        assert!(message.contains("target"), "{mode}: the message names the parent: {message}");
+        assert!(
+            message.contains("target"),
+            "{mode}: the message names the parent: {message}"
+        );
     }
-    let (_, _, message) = condition(&client, &ns, "undeclared", "Degraded").await?.context("undeclared")?;
-    assert!(message.contains("Secret v1 is not declared in spec.children"), "{message}");
+    let (_, _, message) = condition(&client, &ns, "undeclared", "Degraded")
+        .await?
+        .context("undeclared")?;
+    assert!(
+        message.contains("Secret v1 is not declared in spec.children"),
+        "{message}"
+    );
 
     // Nothing half-applied: the undeclared plugin's valid marker ConfigMap was never written,
     // and the Secret it asked for does not exist.
     assert!(secrets.get_opt("stolen").await?.is_none());
     // The good controller made its marker (proving the parent is reconcilable at all); the
     // undeclared one would have made the same marker name, so check it is owned by "good".
-    let marker = eventually(WAIT, "marker from the good controller", || async { Ok(configmaps.get_opt("target-marker").await?) }).await?;
-    assert_eq!(marker.labels().get("wasmop.dev/controller").map(String::as_str), Some("good"));
+    let marker = eventually(WAIT, "marker from the good controller", || async {
+        Ok(configmaps.get_opt("target-marker").await?)
+    })
+    .await?;
+    assert_eq!(
+        marker
+            .labels()
+            .get("wasmop.dev/controller")
+            .map(String::as_str),
+        Some("good")
+    );
 
     // The operator is alive and counted the failures by kind.
-    for kind in ["timeout", "out_of_memory", "invalid_output", "plugin_error", "trap"] {
-        let n = op.metric("wasmop_plugin_failures_total", &[("kind", kind)]).await?;
-        assert!(n >= 1.0, "wasmop_plugin_failures_total{{kind={kind}}} = {n}");
+    for kind in [
+        "timeout",
+        "out_of_memory",
+        "invalid_output",
+        "plugin_error",
+        "trap",
+    ] {
+        let n = op
+            .metric("wasmop_plugin_failures_total", &[("kind", kind)])
+            .await?;
+        assert!(
+            n >= 1.0,
+            "wasmop_plugin_failures_total{{kind={kind}}} = {n}"
+        );
     }
     Ok(())
 }
@@ -328,28 +513,63 @@ subjects: [ { kind: ServiceAccount, name: limited } ]
 "#;
     kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], Some(rbac))?;
     put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-    apply_controller(&client, &ns, "website", "website-plugin", json!({}), json!({"serviceAccountName": "limited"})).await?;
-    wait_ready(&client, &ns, "website").await.map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    apply_controller(
+        &client,
+        &ns,
+        "website",
+        "website-plugin",
+        json!({}),
+        json!({"serviceAccountName": "limited"}),
+    )
+    .await?;
+    wait_ready(&client, &ns, "website")
+        .await
+        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
     create_website(&client, &ns, "site", json!({"content": "<p>x</p>"})).await?;
 
     let (_, reason, message) = eventually(WAIT, "Degraded=True", || async {
-        Ok(condition(&client, &ns, "website", "Degraded").await?.filter(|(s, _, _)| s == "True"))
+        Ok(condition(&client, &ns, "website", "Degraded")
+            .await?
+            .filter(|(s, _, _)| s == "True"))
     })
     .await?;
     assert_eq!(reason, "WriteRejected", "{message}");
-    assert!(message.contains("Deployment/site") && message.contains("forbidden"), "{message}");
+    assert!(
+        message.contains("Deployment/site") && message.contains("forbidden"),
+        "{message}"
+    );
     // All or nothing: the dry run was refused, so not even the allowed ConfigMap was written.
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    assert!(configmaps.get_opt("site-content").await?.is_none(), "nothing half-applied");
+    assert!(
+        configmaps.get_opt("site-content").await?.is_none(),
+        "nothing half-applied"
+    );
 
     // A controller whose account cannot even read the parent kind never starts.
-    apply_controller(&client, &ns, "nobody", "website-plugin", json!({}), json!({"serviceAccountName": "nobody"})).await?;
+    apply_controller(
+        &client,
+        &ns,
+        "nobody",
+        "website-plugin",
+        json!({}),
+        json!({"serviceAccountName": "nobody"}),
+    )
+    .await?;
     let (status, reason, message) = eventually(WAIT, "Ready condition of nobody", || async {
-        Ok(condition(&client, &ns, "nobody", "Ready").await?.filter(|(_, r, _)| r != "Starting"))
+        Ok(condition(&client, &ns, "nobody", "Ready")
+            .await?
+            .filter(|(_, r, _)| r != "Starting"))
     })
     .await?;
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "Forbidden"), "{message}");
-    assert!(message.contains(&format!("ServiceAccount {ns}/nobody may not get websites")), "{message}");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "Forbidden"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("ServiceAccount {ns}/nobody may not get websites")),
+        "{message}"
+    );
     Ok(())
 }
 
@@ -361,25 +581,70 @@ async fn the_rust_js_and_go_examples_make_the_same_children_and_status() -> Resu
     let mut seen = Vec::new();
     for lang in ["rust", "js", "go"] {
         let ns = team_namespace(cp, &client, &format!("parity-{lang}")).await?;
-        put_plugin(&client, &ns, "website-plugin", gzip(&plugin(&format!("website-{lang}")))).await?;
-        apply_controller(&client, &ns, "website", "website-plugin", json!({"replicas": 3}), json!({})).await?;
-        wait_ready(&client, &ns, "website").await.map_err(|e| anyhow!("{lang}: {e}\noperator log:\n{}", op.log_tail(40)))?;
+        put_plugin(
+            &client,
+            &ns,
+            "website-plugin",
+            gzip(&plugin(&format!("website-{lang}"))),
+        )
+        .await?;
+        apply_controller(
+            &client,
+            &ns,
+            "website",
+            "website-plugin",
+            json!({"replicas": 3}),
+            json!({}),
+        )
+        .await?;
+        wait_ready(&client, &ns, "website")
+            .await
+            .map_err(|e| anyhow!("{lang}: {e}\noperator log:\n{}", op.log_tail(40)))?;
         create_website(&client, &ns, "site", spec.clone()).await?;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let dep = eventually(WAIT, &format!("{lang}: Deployment site"), || async { Ok(deployments.get_opt("site").await?) }).await?;
-        let cm = eventually(WAIT, &format!("{lang}: ConfigMap site-content"), || async { Ok(configmaps.get_opt("site-content").await?) }).await?;
+        let dep = eventually(WAIT, &format!("{lang}: Deployment site"), || async {
+            Ok(deployments.get_opt("site").await?)
+        })
+        .await?;
+        let cm = eventually(WAIT, &format!("{lang}: ConfigMap site-content"), || async {
+            Ok(configmaps.get_opt("site-content").await?)
+        })
+        .await?;
         let status = eventually(WAIT, &format!("{lang}: status"), || async {
-            Ok(get_website(&client, &ns, "site").await?.data.get("status").filter(|s| s["phase"].is_string()).cloned())
+            Ok(get_website(&client, &ns, "site")
+                .await?
+                .data
+                .get("status")
+                .filter(|s| s["phase"].is_string())
+                .cloned())
         })
         .await?;
         let labels = cm.labels().clone();
-        seen.push((lang, serde_json::to_value(dep.spec)?, cm.data, labels, status));
+        seen.push((
+            lang,
+            serde_json::to_value(dep.spec)?,
+            cm.data,
+            labels,
+            status,
+        ));
     }
     for other in &seen[1..] {
-        assert_eq!(other.1, seen[0].1, "Deployment spec: {} vs {}", other.0, seen[0].0);
-        assert_eq!(other.2, seen[0].2, "ConfigMap data: {} vs {}", other.0, seen[0].0);
-        assert_eq!(other.3, seen[0].3, "ConfigMap labels: {} vs {}", other.0, seen[0].0);
+        assert_eq!(
+            other.1, seen[0].1,
+            "Deployment spec: {} vs {}",
+            other.0, seen[0].0
+        );
+        assert_eq!(
+            other.2, seen[0].2,
+            "ConfigMap data: {} vs {}",
+            other.0, seen[0].0
+        );
+        assert_eq!(
+            other.3, seen[0].3,
+            "ConfigMap labels: {} vs {}",
+            other.0, seen[0].0
+        );
         assert_eq!(other.4, seen[0].4, "status: {} vs {}", other.0, seen[0].0);
     }
     assert_eq!(seen[0].1["replicas"], 3);
