@@ -465,6 +465,13 @@ async fn bad_plugins_are_contained_reported_and_write_nothing() -> Result<()> {
         Some("good")
     );
 
+    // Seven controllers over the same three kinds share one watch per kind.
+    assert_eq!(
+        op.metric("wasmop_watches", &[]).await?,
+        3.0,
+        "one shared watch per kind"
+    );
+
     // The operator is alive and counted the failures by kind.
     for kind in [
         "timeout",
