@@ -658,6 +658,46 @@ async fn the_rust_js_and_go_examples_make_the_same_children_and_status() -> Resu
     Ok(())
 }
 
+#[tokio::test]
+async fn with_finalize_the_parent_waits_for_the_plugin_before_it_goes() -> Result<()> {
+    let (cp, op) = operator().await?;
+    let client = cp.client().await?;
+    let ns = team_namespace(cp, &client, "finalize").await?;
+    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
+    let finalize = json!({"plugin": {"source": {"configMap": {"name": "website-plugin", "key": "plugin.wasm"}}, "finalize": true}});
+    apply_controller(
+        &client,
+        &ns,
+        "website",
+        "website-plugin",
+        json!({}),
+        finalize,
+    )
+    .await?;
+    wait_ready(&client, &ns, "website")
+        .await
+        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    create_website(&client, &ns, "site", json!({})).await?;
+
+    let finalizers = eventually(WAIT, "the controller's finalizer on the parent", || async {
+        let w = get_website(&client, &ns, "site").await?;
+        Ok((!w.finalizers().is_empty()).then(|| w.finalizers().to_vec()))
+    })
+    .await?;
+    assert_eq!(finalizers, vec!["wasmop.dev/website".to_string()]);
+    let websites: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &website_resource());
+    websites.delete("site", &Default::default()).await?;
+    eventually(
+        WAIT,
+        "the parent gone once finalize returned finalized: true",
+        || async { Ok(websites.get_opt("site").await?.is_none().then_some(())) },
+    )
+    .await
+    .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(30)))?;
+    Ok(())
+}
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     std::io::Write::write_all(&mut encoder, bytes).expect("compress");
