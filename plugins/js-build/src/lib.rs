@@ -33,7 +33,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use serde::Deserialize;
-use wasmtime::{Config, Engine, Instance, Linker, Module, OptLevel, Store, Val};
+use wasmtime::{
+    Config, Engine, Instance, Linker, Module, OptLevel, Store, StoreLimits, StoreLimitsBuilder,
+    Trap, Val,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{Deterministic, WasiCtxBuilder};
@@ -51,6 +54,12 @@ const INIT_EXPORT: &str = "wizer.initialize";
 const FILE_NAME_ENV: &str = "WASMOP_JS_FILE_NAME";
 /// Cap on what the source may print while it is evaluated.
 const MAX_CONSOLE_BYTES: usize = 1 << 20;
+/// Cap on the runtime's linear memory while the source is evaluated; it is also the most
+/// memory a snapshot can start with.
+const MAX_BUILD_MEMORY: usize = 256 << 20;
+/// Wasm instructions (roughly) the runtime may execute while evaluating the source: about
+/// 450 times what the Website example needs (4.5 million), and a few seconds of work.
+const BUILD_FUEL: u64 = 2_000_000_000;
 
 /// What can go wrong turning JavaScript into a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +115,11 @@ pub enum Error {
          if it is older than this tool): {detail}"
     )]
     RuntimeCrashed { file: String, detail: String },
+    #[error(
+        "{file}: evaluating the top-level code did not finish within the build's budget; is \
+         there an endless loop outside any function?"
+    )]
+    TooLong { file: String },
     #[error("snapshotting the initialised runtime failed: {0}")]
     Snapshot(String),
     #[error(
@@ -302,16 +316,23 @@ impl<'r> Builder<'r> {
             .wall_clock(FixedClock)
             .monotonic_clock(FixedClock)
             .build_p1();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(MAX_BUILD_MEMORY)
+            .build();
 
-        let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx)
+        let mut linker: Linker<BuildState> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state| &mut state.wasi)
             .map_err(|e| crashed(format!("{e:#}")))?;
         // Extism's kernel is absent at build time; the runtime does not call it while it
         // initialises (console output goes to stderr then), so a call would be a runtime bug.
         linker
             .define_unknown_imports_as_traps(&module)
             .map_err(|e| crashed(format!("{e:#}")))?;
-        let mut store = Store::new(&engine, wasi);
+        let mut store = Store::new(&engine, BuildState { wasi, limits });
+        store.limiter(|state| &mut state.limits);
+        store
+            .set_fuel(BUILD_FUEL)
+            .map_err(|e| crashed(format!("{e:#}")))?;
         let instance = linker
             .instantiate(&mut store, &module)
             .map_err(|e| crashed(format!("{e:#}")))?;
@@ -325,6 +346,11 @@ impl<'r> Builder<'r> {
                 .typed::<(), ()>(&store)
                 .map_err(|e| crashed(format!("`{export}`: {e:#}")))?;
             if let Err(e) = func.call(&mut store, ()) {
+                if e.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+                    return Err(Error::TooLong {
+                        file: self.file_name.clone(),
+                    });
+                }
                 let printed = String::from_utf8_lossy(&stderr.contents()).into_owned();
                 return Err(crashed(format!("{e:#}\n{printed}").trim_end().to_string()));
             }
@@ -362,6 +388,8 @@ fn compile(instrumented: &[u8]) -> Result<Module> {
     let mut config = Config::new();
     // The module runs once per build: compile fast rather than well.
     config.cranelift_opt_level(OptLevel::None);
+    // Top-level code must not hang a build: fuel bounds it, deterministically.
+    config.consume_fuel(true);
     let engine = Engine::new(&config).map_err(|e| Error::NotARuntime {
         reason: format!("{e:#}"),
     })?;
@@ -372,10 +400,16 @@ fn compile(instrumented: &[u8]) -> Result<Module> {
     Ok(module)
 }
 
+/// The store's data while the source is evaluated.
+struct BuildState {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
 struct InitRun {
     report: InitReport,
     console: String,
-    store: Store<WasiP1Ctx>,
+    store: Store<BuildState>,
     instance: Instance,
 }
 
@@ -470,7 +504,7 @@ fn check_runtime(wasm: &[u8]) -> Result<()> {
 
 /// Lets Wizer read the instance's globals and memory.
 struct WasmtimeState<'a> {
-    store: &'a mut Store<WasiP1Ctx>,
+    store: &'a mut Store<BuildState>,
     instance: Instance,
 }
 

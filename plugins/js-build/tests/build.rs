@@ -258,3 +258,12 @@ fn wasm_opt_output_still_loads_in_extism_when_binaryen_is_installed() {
         json!({ "controller": { "config": {} }, "object": { "metadata": { "name": "x" } } });
     assert!(call(&mut plugin, "reconcile", &request).is_ok());
 }
+
+#[test]
+fn an_endless_loop_in_top_level_code_fails_the_build_instead_of_hanging_it() {
+    let started = std::time::Instant::now();
+    let error = build("while (true) {}\nexport function reconcile() { return {}; }").unwrap_err();
+    assert!(matches!(error, Error::TooLong { .. }), "{error:?}");
+    assert!(error.to_string().contains("endless loop"), "{error}");
+    eprintln!("the fuel budget ran out after {:.1?}", started.elapsed());
+}
