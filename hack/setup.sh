@@ -31,6 +31,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
 
+if ! command -v npm >/dev/null || ! node -e 'process.exit(+process.versions.node.split(".")[0] < 18)'; then
+  echo "Node.js >= 18 with npm is required to bundle the TypeScript example (esbuild)" >&2
+  exit 1
+fi
+
 if ! command -v go >/dev/null; then
   echo "Go >= 1.26 is required to build the local control plane (https://go.dev/dl)" >&2
   exit 1
