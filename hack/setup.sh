@@ -31,7 +31,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
 
-if ! command -v npm >/dev/null || ! node -e 'process.exit(+process.versions.node.split(".")[0] < 18)'; then
+if ! command -v npm >/dev/null || ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 18 ? 1 : 0)'; then
   echo "Node.js >= 18 with npm is required to bundle the TypeScript example (esbuild)" >&2
   exit 1
 fi

@@ -17,10 +17,12 @@
 //! - [`access`]: impersonated clients and cached access reviews (least privilege).
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`crd`]: the WasmController type and its CRD.
+//! - [`eval`]: `wasmop eval`: a plugin run locally against case files (plugin test suites).
 
 pub mod access;
 pub mod controller;
 pub mod crd;
+pub mod eval;
 pub mod manager;
 pub mod metrics;
 pub mod plan;
@@ -56,7 +58,11 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
     let config = match &opts.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await?
         }
         None => kube::Config::infer().await?,
     };

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "wasmop", version, about = "A Kubernetes operator whose reconcile logic is WebAssembly")]
+#[command(
+    name = "wasmop",
+    version,
+    about = "A Kubernetes operator whose reconcile logic is WebAssembly"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,6 +47,44 @@ enum Command {
     Js {
         #[command(subcommand)]
         command: JsCommand,
+    },
+    /// Run a plugin locally against a case file, with the operator's limits: print its logs,
+    /// its response and the writes the operator would make. Exit 1 when the call fails (or, with
+    /// --test, when a case fails), 2 when the inputs are unusable. See docs/eval-and-explain.md.
+    Eval {
+        /// The plugin (.wasm, optionally gzip- or zstd-compressed).
+        plugin: PathBuf,
+        /// A case file: the parent, current children, related objects, config.
+        #[arg(required_unless_present = "test", conflicts_with = "test")]
+        case: Option<PathBuf>,
+        /// Run every case file (*.yaml) in DIR that has an `expect` block and compare.
+        #[arg(long, value_name = "DIR")]
+        test: Option<PathBuf>,
+        /// A WasmController YAML: its name, namespace, spec.children, spec.plugin.config and
+        /// limits apply.
+        #[arg(long, value_name = "FILE")]
+        controller: Option<PathBuf>,
+        /// The export to call (default: `finalize` when the case says `finalizing: true`).
+        #[arg(long, value_parser = ["reconcile", "finalize"])]
+        export: Option<String>,
+        /// Linear memory cap in MiB (default: the controller's, else 64).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        memory_mib: Option<u32>,
+        /// Wall-clock cap per call in ms (default: the controller's, else 1000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=60000))]
+        timeout_ms: Option<u32>,
+        /// Instruction budget per call (default: the controller's, else none).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        fuel: Option<u64>,
+        /// Output format of a single case.
+        #[arg(short, long, value_parser = ["yaml", "json"], default_value = "yaml")]
+        output: String,
+        /// Compiled-plugin cache directory.
+        #[arg(long, env = "WASMOP_CACHE_DIR", default_value_os_t = default_cache_dir())]
+        cache_dir: PathBuf,
+        /// Disable the on-disk compiled-plugin cache.
+        #[arg(long)]
+        no_cache: bool,
     },
 }
 
@@ -81,7 +123,10 @@ fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WASMOP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if format == "json" {
         builder.json().init();
     } else {
@@ -90,7 +135,8 @@ fn init_logging(format: &str) {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
@@ -101,7 +147,14 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run { kubeconfig, metrics_addr, cache_dir, no_cache, allow_file_plugins, log_format } => {
+        Command::Run {
+            kubeconfig,
+            metrics_addr,
+            cache_dir,
+            no_cache,
+            allow_file_plugins,
+            log_format,
+        } => {
             init_logging(&log_format);
             let opts = wasmop::RunOptions {
                 kubeconfig,
@@ -115,26 +168,55 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", wasmop::crd::crd_yaml());
             Ok(())
         }
-        Command::Js { command: JsCommand::Build { source, output, runtime, wasm_opt } } => {
+        Command::Js {
+            command:
+                JsCommand::Build {
+                    source,
+                    output,
+                    runtime,
+                    wasm_opt,
+                },
+        } => {
             use anyhow::Context as _;
-            let js = std::fs::read_to_string(&source).with_context(|| format!("reading {}", source.display()))?;
+            let js = std::fs::read_to_string(&source)
+                .with_context(|| format!("reading {}", source.display()))?;
             let runtime = wasmop_js_build::load_runtime(&runtime)?;
-            let name = source.file_name().map_or_else(|| "plugin.js".into(), |n| n.to_string_lossy().into_owned());
-            let opt = if wasm_opt { wasmop_js_build::WasmOpt::IfInstalled } else { wasmop_js_build::WasmOpt::Off };
+            let name = source
+                .file_name()
+                .map_or_else(|| "plugin.js".into(), |n| n.to_string_lossy().into_owned());
+            let opt = if wasm_opt {
+                wasmop_js_build::WasmOpt::IfInstalled
+            } else {
+                wasmop_js_build::WasmOpt::Off
+            };
             let started = std::time::Instant::now();
             // wasmtime-wasi's synchronous API drives its own runtime: keep it off tokio's threads.
-            let plugin = tokio::task::spawn_blocking(move || wasmop_js_build::Builder::new(&runtime).file_name(name).wasm_opt(opt).build(&js))
-                .await??;
+            let plugin = tokio::task::spawn_blocking(move || {
+                wasmop_js_build::Builder::new(&runtime)
+                    .file_name(name)
+                    .wasm_opt(opt)
+                    .build(&js)
+            })
+            .await??;
             if !plugin.console.is_empty() {
                 eprint!("{}", plugin.console);
             }
-            std::fs::write(&output, &plugin.wasm).with_context(|| format!("writing {}", output.display()))?;
+            std::fs::write(&output, &plugin.wasm)
+                .with_context(|| format!("writing {}", output.display()))?;
             eprintln!(
                 "wrote {} ({} bytes{}{}) in {:.1}s",
                 output.display(),
                 plugin.wasm.len(),
-                if plugin.has_finalize { ", exports finalize" } else { "" },
-                if plugin.wasm_opt_ran { ", wasm-opt" } else { "" },
+                if plugin.has_finalize {
+                    ", exports finalize"
+                } else {
+                    ""
+                },
+                if plugin.wasm_opt_ran {
+                    ", wasm-opt"
+                } else {
+                    ""
+                },
                 started.elapsed().as_secs_f64()
             );
             Ok(())
@@ -142,6 +224,57 @@ async fn main() -> anyhow::Result<()> {
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&wasmop_abi::schema())?);
             Ok(())
+        }
+        Command::Eval {
+            plugin,
+            case,
+            test,
+            controller,
+            export,
+            memory_mib,
+            timeout_ms,
+            fuel,
+            output,
+            cache_dir,
+            no_cache,
+        } => {
+            let logs = wasmop::eval::logs::PluginLogs::install();
+            let opts = wasmop::eval::Options {
+                plugin,
+                controller,
+                finalizing: export.map(|e| e == "finalize"),
+                memory_mib,
+                timeout_ms,
+                fuel,
+                format: if output == "json" {
+                    wasmop::eval::Format::Json
+                } else {
+                    wasmop::eval::Format::Yaml
+                },
+                cache_dir: (!no_cache).then_some(cache_dir),
+            };
+            let mut out = std::io::stdout().lock();
+            let result = match (test, case) {
+                (Some(dir), _) => wasmop::eval::test_dir(&opts, &dir, &logs, &mut out).await,
+                (None, Some(case)) => wasmop::eval::eval_case(&opts, &case, &logs, &mut out).await,
+                (None, None) => unreachable!("clap requires a case or --test"),
+            };
+            exit_with(result)
+        }
+    }
+}
+
+/// Exit codes of the local tools: 0 success, 1 a failed or blocked result, 2 could not run
+/// (printed without a backtrace: these are user-facing messages).
+fn exit_with<E: std::fmt::Display>(result: Result<bool, E>) -> ! {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    match result {
+        Ok(true) => std::process::exit(0),
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2)
         }
     }
 }
