@@ -44,20 +44,26 @@ pub struct PluginLogs {
 impl PluginLogs {
     /// Installs the process-wide `tracing` subscriber: plugin log events are captured at every
     /// level (so Extism tells plugins that `trace` is on and they send everything); other
-    /// events go to standard error, filtered by `WASMOP_LOG` (default `warn`).
+    /// events go to standard error, filtered by `WASMOP_LOG` (default `warn`, without Extism's
+    /// own report of a failed call: the tools report every failure themselves, classified).
     ///
     /// # Caveats
     /// Call once per process, before the first plugin is loaded; a second call (or another
     /// subscriber already installed) leaves the first in place, and this one captures nothing.
     pub fn install() -> Self {
         let logs = PluginLogs::default();
-        let env = tracing_subscriber::EnvFilter::try_from_env("WASMOP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let env = tracing_subscriber::EnvFilter::try_from_env("WASMOP_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,extism::plugin=off"));
         let stderr = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_filter(env.and(filter_fn(|meta| meta.target() != TARGET)));
-        let capture = Capture(logs.clone()).with_filter(Targets::new().with_target(TARGET, LevelFilter::TRACE));
-        let _ = tracing_subscriber::registry().with(stderr).with(capture).try_init();
+        let capture = Capture(logs.clone())
+            .with_filter(Targets::new().with_target(TARGET, LevelFilter::TRACE));
+        let _ = tracing_subscriber::registry()
+            .with(stderr)
+            .with(capture)
+            .try_init();
         logs
     }
 
@@ -73,7 +79,10 @@ impl<S: Subscriber> Layer<S> for Capture {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let mut message = Message(String::new());
         event.record(&mut message);
-        let line = LogLine { level: event.metadata().level().to_string(), message: message.0 };
+        let line = LogLine {
+            level: event.metadata().level().to_string(),
+            message: message.0,
+        };
         self.0.lines.lock().unwrap().push(line);
     }
 }
@@ -102,7 +111,10 @@ mod tests {
     #[test]
     fn events_of_the_plugin_target_are_captured_with_their_level() {
         let logs = PluginLogs::default();
-        let subscriber = tracing_subscriber::registry().with(Capture(logs.clone()).with_filter(Targets::new().with_target(TARGET, LevelFilter::TRACE)));
+        let subscriber = tracing_subscriber::registry().with(
+            Capture(logs.clone())
+                .with_filter(Targets::new().with_target(TARGET, LevelFilter::TRACE)),
+        );
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(target: "extism::pdk", plugin = "id", "{}", "hello from the plugin");
             tracing::debug!(target: "extism::pdk", plugin = "id", "{}", "details");
@@ -112,8 +124,14 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                LogLine { level: "INFO".into(), message: "hello from the plugin".into() },
-                LogLine { level: "DEBUG".into(), message: "details".into() },
+                LogLine {
+                    level: "INFO".into(),
+                    message: "hello from the plugin".into()
+                },
+                LogLine {
+                    level: "DEBUG".into(),
+                    message: "details".into()
+                },
             ]
         );
         assert!(logs.take().is_empty(), "take drains");
