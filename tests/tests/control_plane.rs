@@ -856,6 +856,61 @@ async fn the_fault_proxy_injects_seeded_bounded_errors_and_cuts_watches() -> Res
 }
 
 #[tokio::test]
+async fn tight_fault_options_shrink_apf_seats_and_end_watches_early() -> Result<()> {
+    let cp = ControlPlane::start(Options {
+        fault: localcp::FaultOptions::tight(),
+        ..Options::default()
+    })
+    .await?;
+    if cp.is_external() {
+        eprintln!("skipped: apiserver flags need the local control plane (KUBECONFIG is set)");
+        return Ok(());
+    }
+    let result = async {
+        // Priority and fairness splits --max-requests-inflight + --max-mutating-requests-inflight
+        // (2 + 1 here, 600 by default) among the priority levels.
+        let metrics = kubectl_ok(&cp, &["get", "--raw", "/metrics"], None).await?;
+        let seats: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("apiserver_flowcontrol_nominal_limit_seats{"))
+            .filter(|l| !l.contains("priority_level=\"exempt\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        eprintln!("tight: {seats} nominal seats over all non-exempt priority levels");
+        ensure!(
+            seats > 0.0 && seats < 20.0,
+            "nominal seats {seats}, expected a handful"
+        );
+
+        // kubectl's watch sends no timeoutSeconds, so --min-request-timeout=5 ends it in 5-10 s.
+        let began = Instant::now();
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            kubectl(
+                &cp,
+                &["get", "configmaps", "-n", "default", "--watch"],
+                None,
+            ),
+        )
+        .await
+        .context("the watch did not end within 60 s")??;
+        let took = began.elapsed();
+        eprintln!(
+            "tight: kubectl get --watch ended after {took:?} ({})",
+            out.status
+        );
+        ensure!(
+            took >= Duration::from_secs(4) && took < Duration::from_secs(30),
+            "watch lasted {took:?}"
+        );
+        Ok(())
+    }
+    .await;
+    cp.stop().await;
+    result
+}
+
+#[tokio::test]
 async fn a_failing_apiserver_start_reports_the_tail_of_its_log() -> Result<()> {
     if localcp::Binaries::locate().is_err() && std::env::var_os("KUBECONFIG").is_some() {
         eprintln!("skipped: no local binaries (using KUBECONFIG's cluster)");

@@ -73,6 +73,17 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// A process exited at start-up because its port was taken (the only error `start`
+    /// retries). The children report it only in their logs, hence the text match.
+    fn is_port_collision(&self) -> bool {
+        matches!(self, Error::Exited { tail, .. } if tail.contains("address already in use"))
+    }
+}
+
+/// Start attempts when a freshly picked port turns out to be taken.
+const PORT_ATTEMPTS: u32 = 3;
+
 /// Start-up options. `Options::default()` is what tests want: a fresh control plane (or the
 /// cluster from `KUBECONFIG`), normal limits, state in a temporary directory.
 #[derive(Debug, Clone)]
@@ -234,7 +245,18 @@ impl ControlPlane {
                 mode: Mode::External { kubeconfig },
             });
         }
-        let local = Local::start(opts).await?;
+        // Ports are picked free but bound by the children a moment later; another process can
+        // take one in between. Such a start fails fast, so try again with fresh ports.
+        let mut attempt = 1;
+        let local = loop {
+            match Local::start(opts.clone()).await {
+                Err(e) if e.is_port_collision() && attempt < PORT_ATTEMPTS => {
+                    tracing::warn!("attempt {attempt}: {e}; retrying with other ports");
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
         Ok(Self {
             mode: Mode::Local(Box::new(local)),
         })
@@ -253,9 +275,15 @@ impl ControlPlane {
                 let cp = Self::start(Options::default()).await?;
                 match cp.started_in() {
                     Some(t) => eprintln!(
-                        "localcp: shared control plane ready in {:.1}s, KUBECONFIG={}",
+                        "localcp: shared control plane ready in {:.1}s, KUBECONFIG={}{}",
                         t.as_secs_f64(),
-                        cp.kubeconfig().display()
+                        cp.kubeconfig().display(),
+                        if cp.has_controller_manager() {
+                            ""
+                        } else {
+                            " (no kube-controller-manager: no garbage collection, namespace \
+                             deletion or service accounts)"
+                        }
                     ),
                     None => eprintln!(
                         "localcp: using the existing cluster from {}",
@@ -437,7 +465,7 @@ impl Drop for ControlPlane {
             // on purpose, where `stop()` is the orderly way).
             for slot in [&l.controller_manager, &l.apiserver, &l.etcd_proc] {
                 if let Some(mut proc) = lock(slot).take() {
-                    proc.kill_now();
+                    l.supervisor.stop_proc(&mut proc, Duration::ZERO);
                 }
             }
             l.supervisor.stop();

@@ -61,13 +61,21 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The watchdog: see the module docs. `$1` is nothing; commands arrive on stdin, one per line:
-/// `pid N` (a process to stop), `forget N` (already stopped and reaped), `dir PATH` (delete on
-/// exit).
+/// The watchdog: see the module docs. Commands arrive on stdin, one per line: `pid N` (a
+/// process to stop gracefully first), `forget N` (already stopped and reaped), `dir PATH`
+/// (delete on exit). On end-of-file: SIGTERM to the known processes still in the group, up to
+/// 3 s for them to exit, delete the directory, SIGKILL the whole group.
 const WATCHDOG: &str = r#"
 trap '' INT TERM HUP PIPE
 pids=''
 dir=''
+# ours PID: the process is alive and still in our process group (a PID reused by an unrelated
+# process after ours was reaped is in another group, so it is never signalled).
+ours() {
+  s=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
+  set -- $s
+  [ "$1" != Z ] && [ "$3" = "$$" ]
+}
 while IFS=' ' read -r cmd arg; do
   case "$cmd" in
     pid) pids="$pids $arg" ;;
@@ -75,22 +83,15 @@ while IFS=' ' read -r cmd arg; do
     dir) dir=$arg ;;
   esac
 done
-if [ -n "$pids" ]; then
-  kill -TERM $pids 2>/dev/null
-  i=0
-  while [ $i -lt 30 ]; do
-    alive=''
-    for p in $pids; do
-      if kill -0 "$p" 2>/dev/null; then
-        state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$p/status" 2>/dev/null)
-        [ "$state" = Z ] || alive=1
-      fi
-    done
-    [ -z "$alive" ] && break
-    sleep 0.1
-    i=$((i + 1))
-  done
-fi
+for p in $pids; do ours "$p" && kill -TERM "$p" 2>/dev/null; done
+i=0
+while [ $i -lt 30 ]; do
+  alive=''
+  for p in $pids; do ours "$p" && alive=1; done
+  [ -z "$alive" ] && break
+  sleep 0.1
+  i=$((i + 1))
+done
 [ -n "$dir" ] && rm -rf -- "$dir"
 kill -KILL -$$
 "#;
