@@ -18,11 +18,13 @@
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`crd`]: the WasmController type and its CRD.
 //! - [`eval`]: `wasmop eval`: a plugin run locally against case files (plugin test suites).
+//! - [`explain`]: `wasmop explain`: a dry-run reconcile of one live object, and what blocks it.
 
 pub mod access;
 pub mod controller;
 pub mod crd;
 pub mod eval;
+pub mod explain;
 pub mod manager;
 pub mod metrics;
 pub mod plan;

@@ -86,6 +86,28 @@ enum Command {
         #[arg(long)]
         no_cache: bool,
     },
+    /// Explain one live object: a dry-run reconcile with your kubeconfig, what differs from the
+    /// live objects, and what blocks progress. Writes nothing. Exit 0 when nothing blocks, 1
+    /// when something does, 2 when it cannot explain.
+    Explain {
+        /// KIND/NAME, KIND being a kind, plural or kind.group, e.g. website/hello.
+        target: String,
+        /// Namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Run this local plugin file instead of the controller's plugin source.
+        #[arg(long, value_name = "FILE")]
+        plugin: Option<PathBuf>,
+        /// Compiled-plugin cache directory.
+        #[arg(long, env = "WASMOP_CACHE_DIR", default_value_os_t = default_cache_dir())]
+        cache_dir: PathBuf,
+        /// Disable the on-disk compiled-plugin cache.
+        #[arg(long)]
+        no_cache: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -260,6 +282,24 @@ async fn main() -> anyhow::Result<()> {
                 (None, None) => unreachable!("clap requires a case or --test"),
             };
             exit_with(result)
+        }
+        Command::Explain {
+            target,
+            namespace,
+            kubeconfig,
+            plugin,
+            cache_dir,
+            no_cache,
+        } => {
+            let logs = wasmop::eval::logs::PluginLogs::install();
+            let opts = wasmop::explain::Options {
+                target,
+                namespace,
+                kubeconfig,
+                plugin,
+                cache_dir: (!no_cache).then_some(cache_dir),
+            };
+            exit_with(wasmop::explain::explain(&opts, &logs, &mut std::io::stdout().lock()).await)
         }
     }
 }

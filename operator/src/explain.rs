@@ -1,0 +1,1030 @@
+//! `wasmop explain KIND/NAME`: why an object is (or is not) progressing, answered by a dry-run
+//! reconcile against the live cluster with the user's own kubeconfig. Writes nothing.
+//!
+//! For each WasmController in the namespace whose `spec.parent` is KIND, it reads what the
+//! controller reads (the parent, the children this controller owns, related objects, the
+//! plugin from its source), runs the plugin locally with the controller's limits through the
+//! same path as a live reconcile ([`crate::eval::evaluate`]: plugin host, `plan::plan`), and
+//! prints the plan, how it differs from the live objects, and what blocks progress: the
+//! WasmController's conditions, deletion and foreign finalizers, related objects or contract
+//! fields that are missing, RBAC the controller's ServiceAccount lacks, and plugin errors.
+//!
+//! # Caveats
+//! - The comparison is client-side: each field the plugin sets is compared with the live
+//!   object's value. Values the API server normalises (quantities like `0.5` vs `500m`) can
+//!   show as differences although an apply would change nothing.
+//! - Objects are read with the user's credentials, not the ServiceAccount's; what the
+//!   ServiceAccount may do is checked separately with SubjectAccessReviews (when the user may
+//!   create them).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::core::GroupVersionKind;
+use kube::{Api, Client, ResourceExt};
+use serde_json::Value;
+use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT};
+
+use crate::access::{self, Access};
+use crate::crd::{KindRef, WasmController};
+use crate::eval::logs::PluginLogs;
+use crate::eval::{self, Inputs};
+use crate::plan::{self, Identity, ObjRef};
+use crate::{related, source};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0:?} is not KIND/NAME, e.g. website/hello or websites.example.com/hello")]
+    Target(String),
+    #[error("reading the kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("finding a kubeconfig (KUBECONFIG, ~/.kube/config, in-cluster): {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("no WasmController in namespace {namespace} reconciles {kind:?}{found}")]
+    NoController {
+        namespace: String,
+        kind: String,
+        found: String,
+    },
+    #[error("{kind} {name} not found in namespace {namespace}")]
+    NotFound {
+        kind: String,
+        name: String,
+        namespace: String,
+    },
+    #[error("writing the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Settings of `wasmop explain`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `KIND/NAME`: KIND is a kind, plural or `kind.group` (case-insensitive).
+    pub target: String,
+    /// Default: the kubeconfig context's namespace.
+    pub namespace: Option<String>,
+    /// Default: KUBECONFIG, ~/.kube/config, in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// Run this local plugin file instead of the controller's source ("what would my new
+    /// plugin do here?").
+    pub plugin: Option<PathBuf>,
+    /// Compiled-plugin cache (None: compile every time).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Explains `opts.target`, printing the report on `out`. Returns true when nothing blocks
+/// progress.
+///
+/// # Errors
+/// The target is malformed, the cluster cannot be reached or read, no WasmController in the
+/// namespace reconciles KIND, or the object does not exist.
+pub async fn explain(opts: &Options, logs: &PluginLogs, out: &mut dyn Write) -> Result<bool> {
+    let (kind, name) = opts
+        .target
+        .split_once('/')
+        .filter(|(k, n)| !k.is_empty() && !n.is_empty())
+        .ok_or_else(|| Error::Target(opts.target.clone()))?;
+    let config = match &opts.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let namespace = opts
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).map_err(|source| Error::Api {
+        action: "building a client".into(),
+        source,
+    })?;
+    let controllers = Api::<WasmController>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Api {
+            action: format!("listing WasmControllers in {namespace}"),
+            source,
+        })?;
+    let mut matched = Vec::new();
+    let mut seen = Vec::new();
+    for wc in controllers.items {
+        let parent = wc.spec.parent.clone();
+        let resource = discover(&client, &parent).await;
+        seen.push(format!("{} → {}", wc.name_any(), parent.kind));
+        if kind_matches(kind, &parent, resource.as_ref().ok()) {
+            matched.push((wc, resource));
+        }
+    }
+    if matched.is_empty() {
+        let found = if seen.is_empty() {
+            " (there are no WasmControllers there)".to_string()
+        } else {
+            format!(" (found: {})", seen.join(", "))
+        };
+        return Err(Error::NoController {
+            namespace,
+            kind: kind.into(),
+            found,
+        });
+    }
+    let several = matched.len() > 1;
+    let mut blocking = Vec::new();
+    for (i, (wc, resource)) in matched.into_iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        let mut report = Report::default();
+        explain_one(
+            &client,
+            opts,
+            logs,
+            &namespace,
+            name,
+            &wc,
+            resource,
+            &mut report,
+        )
+        .await?;
+        out.write_all(report.text.as_bytes())?;
+        let prefix = if several {
+            format!("[{}] ", wc.name_any())
+        } else {
+            String::new()
+        };
+        blocking.extend(report.blocking.into_iter().map(|b| format!("{prefix}{b}")));
+    }
+    writeln!(out)?;
+    if blocking.is_empty() {
+        writeln!(out, "Nothing blocks progress")?;
+    } else {
+        writeln!(out, "Blocking:")?;
+        for b in &blocking {
+            writeln!(out, "  - {b}")?;
+        }
+    }
+    Ok(blocking.is_empty())
+}
+
+/// The text of one controller's explanation and what blocks it.
+#[derive(Default)]
+struct Report {
+    text: String,
+    blocking: Vec<String>,
+}
+
+impl Report {
+    fn heading(&mut self, title: impl std::fmt::Display) {
+        if !self.text.is_empty() {
+            self.text.push('\n');
+        }
+        self.text.push_str(&format!("{title}\n"));
+    }
+
+    fn line(&mut self, line: impl std::fmt::Display) {
+        self.text.push_str(&format!("  {line}\n"));
+    }
+
+    fn block(&mut self, why: impl Into<String>) {
+        self.blocking.push(why.into());
+    }
+}
+
+/// `website`, `websites`, `Website`, `website.example.com`, `websites.example.com`.
+fn kind_matches(arg: &str, parent: &KindRef, resource: Option<&ApiResource>) -> bool {
+    let arg = arg.to_ascii_lowercase();
+    let kind = parent.kind.to_ascii_lowercase();
+    let group = parent.group().to_ascii_lowercase();
+    let mut names = vec![kind.clone()];
+    if let Some(r) = resource {
+        names.push(r.plural.to_ascii_lowercase());
+    }
+    if !group.is_empty() {
+        names.extend(names.clone().into_iter().map(|n| format!("{n}.{group}")));
+    }
+    names.contains(&arg)
+}
+
+async fn discover(client: &Client, kind: &KindRef) -> Result<ApiResource, kube::Error> {
+    let gvk = GroupVersionKind::gvk(kind.group(), kind.version(), &kind.kind);
+    kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .map(|(ar, _)| ar)
+}
+
+#[allow(clippy::too_many_arguments)] // the one caller passes what it resolved
+async fn explain_one(
+    client: &Client,
+    opts: &Options,
+    logs: &PluginLogs,
+    ns: &str,
+    name: &str,
+    wc: &WasmController,
+    parent_resource: Result<ApiResource, kube::Error>,
+    report: &mut Report,
+) -> Result<()> {
+    let spec = &wc.spec;
+    let wc_name = wc.name_any();
+    let identity = Identity::new(ns, &wc_name);
+    let sa = &spec.service_account_name;
+    let source_text = match (
+        &opts.plugin,
+        &spec.plugin.source.config_map,
+        &spec.plugin.source.file,
+    ) {
+        (Some(local), _, _) => format!("local file {} (--plugin)", local.display()),
+        (None, Some(cm), _) => format!("ConfigMap {} key {}", cm.name, cm.key),
+        (None, None, Some(file)) => format!("file {file} on the operator"),
+        (None, None, None) => "no source".into(),
+    };
+    report.heading(format!(
+        "{} {name} in {ns}: WasmController {wc_name} (ServiceAccount {sa}, plugin {source_text})",
+        spec.parent.kind
+    ));
+
+    // The operator's own view: the WasmController's conditions.
+    report.heading("Controller conditions");
+    let conditions = wc
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if conditions.is_empty() {
+        report.line("none yet");
+        report.block(format!("WasmController {wc_name} has no status: is the wasmop operator running and watching namespace {ns}?"));
+    }
+    for c in &conditions {
+        report.line(format!(
+            "{:<9} {:<6} {}: {}",
+            c.type_, c.status, c.reason, c.message
+        ));
+        match (c.type_.as_str(), c.status.as_str()) {
+            ("Ready", "True") => {}
+            ("Ready", _) => report.block(format!(
+                "WasmController {wc_name} is not Ready ({}): {}",
+                c.reason, c.message
+            )),
+            // manager.rs writes "<Kind> <parent>: <message>" for the first failing parent.
+            ("Degraded", "True")
+                if c.message
+                    .starts_with(&format!("{} {name}: ", spec.parent.kind)) =>
+            {
+                report.block(format!(
+                    "the operator's last reconcile of {} {name} failed ({}): {}",
+                    spec.parent.kind, c.reason, c.message
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    let parent_resource = match parent_resource {
+        Ok(r) => r,
+        Err(e) => {
+            report.block(format!(
+                "spec.parent: {} is not served by the API server: {e}",
+                spec.parent
+            ));
+            return Ok(());
+        }
+    };
+
+    // The parent: existence, deletion and finalizers.
+    let parent_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &parent_resource);
+    let parent = parent_api
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Api {
+            action: format!("reading {} {name}", spec.parent.kind),
+            source,
+        })?
+        .ok_or_else(|| Error::NotFound {
+            kind: spec.parent.kind.clone(),
+            name: name.into(),
+            namespace: ns.into(),
+        })?;
+    let parent_json = related::clean(parent.clone(), &parent_resource);
+    let parent_uid = parent.uid().unwrap_or_default();
+    report.heading("Parent");
+    report.line(format!(
+        "uid {parent_uid}, generation {}, resourceVersion {}",
+        parent
+            .metadata
+            .generation
+            .map_or("-".into(), |g| g.to_string()),
+        parent.resource_version().unwrap_or_default()
+    ));
+    let finalizer = identity.finalizer();
+    let finalizers = parent.finalizers().to_vec();
+    let has_ours = finalizers.contains(&finalizer);
+    let foreign: Vec<&String> = finalizers.iter().filter(|f| **f != finalizer).collect();
+    report.line(if finalizers.is_empty() {
+        "finalizers: none".to_string()
+    } else {
+        format!("finalizers: {}", finalizers.join(", "))
+    });
+    let finalizing = parent.metadata.deletion_timestamp.is_some();
+    let mut skip_plugin = false;
+    if let Some(ts) = &parent.metadata.deletion_timestamp {
+        report.line(format!("being deleted since {}", ts.0));
+        let waits = if foreign.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; its deletion waits for finalizers {} (not this controller's)",
+                foreign
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        if spec.plugin.finalize && has_ours {
+            report.line(format!("wasmop calls the plugin's finalize export and removes {finalizer} once it returns finalized: true"));
+            if !foreign.is_empty() {
+                report.block(format!(
+                    "{} {name} is being deleted{waits}",
+                    spec.parent.kind
+                ));
+            }
+        } else {
+            skip_plugin = true;
+            report.block(format!("{} {name} is being deleted: wasmop no longer reconciles it (the garbage collector removes its children){waits}", spec.parent.kind));
+        }
+    } else if spec.plugin.finalize && !has_ours {
+        report.line(format!(
+            "wasmop adds its finalizer {finalizer} on the next reconcile"
+        ));
+    }
+
+    // The children this controller owns, as the operator sees them.
+    report.heading(format!(
+        "Current children ({}={}, controlled by this {})",
+        plan::CONTROLLER_LABEL,
+        identity.label_value(),
+        spec.parent.kind
+    ));
+    let mut child_resources: Vec<(KindRef, ApiResource)> = Vec::new();
+    let mut owned: BTreeMap<(String, String, String), Value> = BTreeMap::new();
+    for (i, kind) in spec.children.iter().enumerate() {
+        let resource = match discover(client, kind).await {
+            Ok(r) => r,
+            Err(e) => {
+                report.block(format!(
+                    "spec.children[{i}]: {kind} is not served by the API server: {e}"
+                ));
+                skip_plugin = true;
+                continue;
+            }
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+        let params = ListParams::default().labels(&format!(
+            "{}={}",
+            plan::CONTROLLER_LABEL,
+            identity.label_value()
+        ));
+        let list = api.list(&params).await.map_err(|source| Error::Api {
+            action: format!("listing {} in {ns}", resource.plural),
+            source,
+        })?;
+        for obj in list.items {
+            if obj
+                .owner_references()
+                .iter()
+                .any(|o| o.uid == parent_uid && o.controller == Some(true))
+            {
+                report.line(format!("{}/{}", kind.kind, obj.name_any()));
+                owned.insert(
+                    (kind.api_version.clone(), kind.kind.clone(), obj.name_any()),
+                    related::clean(obj, &resource),
+                );
+            }
+        }
+        child_resources.push((kind.clone(), resource));
+    }
+    if owned.is_empty() {
+        report.line("none");
+    }
+
+    // Related objects: what the plugin is told, and what is missing.
+    let mut related_inputs = BTreeMap::new();
+    let mut related_targets = Vec::new();
+    if !spec.related.is_empty() {
+        report.heading("Related");
+    }
+    for entry in &spec.related {
+        match related::resolve(client, entry, &parent_json, ns).await {
+            Ok((value, target)) => {
+                match (&value.reason, &target) {
+                    (Some(reason), _) => {
+                        report.line(format!("{}: {reason}", entry.name));
+                        report.block(format!("related {}: {reason}", entry.name));
+                    }
+                    (None, Some(t)) => report.line(format!(
+                        "{}: {}/{} ({}), contract {}",
+                        entry.name,
+                        t.kind,
+                        t.name,
+                        t.api_version,
+                        compact(&serde_json::to_value(&value.contract).unwrap_or_default())
+                    )),
+                    (None, None) => report.line(format!(
+                        "{}: {} object(s) selected",
+                        entry.name,
+                        value.objects.len()
+                    )),
+                }
+                related_inputs.insert(entry.name.clone(), value);
+                related_targets.extend(target);
+            }
+            Err(e) => {
+                // The operator fails the reconcile before calling the plugin.
+                report.line(format!("{}: {e}", entry.name));
+                report.block(e.to_string());
+                skip_plugin = true;
+            }
+        }
+    }
+
+    // The plugin, run locally with the controller's limits.
+    let mut planned = None;
+    if !skip_plugin {
+        planned = run_plugin(
+            client,
+            opts,
+            logs,
+            ns,
+            wc,
+            &identity,
+            parent_json.clone(),
+            &owned,
+            related_inputs,
+            related_targets.clone(),
+            finalizing,
+            report,
+        )
+        .await;
+    }
+
+    // Differences between the plan and the live objects.
+    if let Some(planned) = &planned {
+        compare(
+            client,
+            &planned.plan,
+            &parent_json,
+            &parent_uid,
+            &identity.label_value(),
+            &owned,
+            &child_resources,
+            ns,
+            report,
+        )
+        .await;
+    }
+
+    // What the ServiceAccount may do.
+    check_access(
+        client,
+        ns,
+        wc,
+        &parent_resource,
+        &child_resources,
+        planned.as_ref().map(|p| &p.plan),
+        &related_targets,
+        report,
+    )
+    .await;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)] // the gathered inputs of one call
+async fn run_plugin(
+    client: &Client,
+    opts: &Options,
+    logs: &PluginLogs,
+    ns: &str,
+    wc: &WasmController,
+    identity: &Identity,
+    parent: Value,
+    owned: &BTreeMap<(String, String, String), Value>,
+    related: BTreeMap<String, wasmop_abi::Related>,
+    related_targets: Vec<ObjRef>,
+    finalizing: bool,
+    report: &mut Report,
+) -> Option<eval::Planned> {
+    let spec = &wc.spec;
+    let limits = &spec.plugin.limits;
+    let plugin = match &opts.plugin {
+        Some(path) => eval::load_plugin(path, limits, opts.cache_dir.clone())
+            .await
+            .map_err(|e| e.to_string()),
+        None => match source::load(client, ns, &spec.plugin.source, true).await {
+            Ok(bytes) => match crate::plugin::Host::new(opts.cache_dir.clone()) {
+                Ok(host) => host
+                    .load(&bytes, limits, 1)
+                    .await
+                    .map_err(|e| format!("plugin: {e}")),
+                Err(e) => Err(format!("plugin cache: {e}")),
+            },
+            Err(e) => Err(format!("plugin source: {e}")),
+        },
+    };
+    let export = if finalizing {
+        FINALIZE_EXPORT
+    } else {
+        RECONCILE_EXPORT
+    };
+    report.heading(format!(
+        "Plugin {export} ({} MiB, {} ms{})",
+        limits.memory_mib(),
+        limits.timeout_ms(),
+        limits.fuel.map_or(String::new(), |f| format!(", fuel {f}"))
+    ));
+    let plugin = match plugin {
+        Ok(p) => p,
+        Err(e) => {
+            report.line(&e);
+            report.block(e);
+            return None;
+        }
+    };
+    report.line(format!("sha256 {}", plugin.sha256));
+    let inputs = Inputs {
+        identity: identity.clone(),
+        controller: wasmop_abi::ControllerInfo {
+            name: wc.name_any(),
+            namespace: ns.into(),
+            config: spec.plugin.config.clone().unwrap_or(Value::Null),
+        },
+        parent,
+        child_kinds: Some(spec.children.clone()),
+        children: owned.values().cloned().collect(),
+        related,
+        related_targets,
+        finalizing,
+    };
+    let evaluation = eval::evaluate(&plugin, &inputs, logs).await;
+    for line in &evaluation.logs {
+        report.line(format!("log {line}"));
+    }
+    if let Some(d) = evaluation.elapsed {
+        report.line(format!("ran in {:.1} ms", d.as_secs_f64() * 1e3));
+    }
+    let planned = match evaluation.result {
+        Ok(p) => p,
+        Err(e) => {
+            report.line(format!("failed ({}): {e}", e.reason()));
+            report.block(format!("the plugin fails ({}): {e}", e.reason()));
+            return None;
+        }
+    };
+    let plan = &planned.plan;
+    report.line("wants:");
+    for a in &plan.children {
+        report.line(format!(
+            "  apply  {}/{} ({})",
+            a.target.kind, a.target.name, a.target.api_version
+        ));
+    }
+    for a in &plan.patches {
+        report.line(format!(
+            "  patch  {}/{} ({})",
+            a.target.kind, a.target.name, a.target.api_version
+        ));
+    }
+    if let Some(s) = &plan.status {
+        report.line(format!("  status {}", compact(&s.body["status"])));
+    }
+    for o in &plan.prune {
+        report.line(format!(
+            "  prune  {}/{} ({})",
+            o.target.kind, o.target.name, o.target.api_version
+        ));
+    }
+    for e in &plan.events {
+        report.line(format!(
+            "  event  {:?} {}: {}",
+            e.type_, e.reason, e.message
+        ));
+    }
+    if let Some(r) = plan.requeue_after {
+        report.line(format!("  requeue after {}s", r.as_secs()));
+    }
+    if finalizing {
+        report.line(format!("  finalized: {}", plan.finalized));
+        if !plan.finalized {
+            report.block("the plugin's finalize has not returned finalized: true yet, so wasmop keeps its finalizer");
+        }
+    }
+    Some(planned)
+}
+
+#[allow(clippy::too_many_arguments)] // what the comparison needs from the gathering
+async fn compare(
+    client: &Client,
+    plan: &plan::Plan,
+    parent: &Value,
+    parent_uid: &str,
+    label: &str,
+    owned: &BTreeMap<(String, String, String), Value>,
+    child_resources: &[(KindRef, ApiResource)],
+    ns: &str,
+    report: &mut Report,
+) {
+    report.heading("Differences from the live objects");
+    let mut changes = 0;
+    for apply in &plan.children {
+        let key = (
+            apply.target.api_version.clone(),
+            apply.target.kind.clone(),
+            apply.target.name.clone(),
+        );
+        let shown = format!("{}/{}", apply.target.kind, apply.target.name);
+        let live = match owned.get(&key) {
+            Some(live) => Some(live.clone()),
+            None => {
+                let resource = child_resources
+                    .iter()
+                    .find(|(k, _)| {
+                        k.api_version == apply.target.api_version && k.kind == apply.target.kind
+                    })
+                    .map(|(_, r)| r);
+                match resource {
+                    Some(r) => match Api::<DynamicObject>::namespaced_with(client.clone(), ns, r)
+                        .get_opt(&apply.target.name)
+                        .await
+                    {
+                        Ok(found) => found.map(|o| related::clean(o, r)),
+                        Err(e) => {
+                            report.line(format!("{shown}: cannot read it: {e}"));
+                            continue;
+                        }
+                    },
+                    None => None,
+                }
+            }
+        };
+        let Some(live) = live else {
+            changes += 1;
+            report.line(format!("{shown}: missing, will be created"));
+            continue;
+        };
+        // Not among the children listed a moment ago: someone else's, or just created by us.
+        let ours = live["metadata"]["labels"][plan::CONTROLLER_LABEL] == label
+            && live["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|o| o["uid"] == parent_uid && o["controller"] == true);
+        if !ours {
+            let controller = live["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|o| o["controller"] == true && o["uid"] != parent_uid);
+            match controller {
+                Some(o) => {
+                    let by = format!("{}/{}", o["kind"].as_str().unwrap_or_default(), o["name"].as_str().unwrap_or_default());
+                    report.line(format!("{shown}: exists and is controlled by {by}"));
+                    report.block(format!("{shown} exists and is controlled by {by}: the API server refuses a second controller ownerReference; rename the child or delete the existing object"));
+                    continue;
+                }
+                None => report.line(format!("{shown}: exists without this controller's label and ownerReference; the apply adopts it")),
+            }
+        }
+        changes += report_differences(&shown, &apply.body, &live, report);
+    }
+    if let Some(status) = &plan.status {
+        changes += report_differences("status", &status.body["status"], &parent["status"], report);
+    }
+    for patch in &plan.patches {
+        let shown = format!("patch {}/{}", patch.target.kind, patch.target.name);
+        if patch.target.name == parent["metadata"]["name"] && patch.target.kind == parent["kind"] {
+            changes += report_differences(&shown, &patch.body, parent, report);
+        } else {
+            changes += 1;
+            report.line(format!("{shown}: a related object; applied as returned"));
+        }
+    }
+    for o in &plan.prune {
+        changes += 1;
+        report.line(format!(
+            "{}/{}: owned but no longer returned, will be deleted",
+            o.target.kind, o.target.name
+        ));
+    }
+    if changes == 0 {
+        report.line("none: the live objects match the plan, a reconcile now writes nothing");
+    }
+}
+
+/// Prints the fields of `desired` whose live values differ; returns 1 if any did.
+fn report_differences(shown: &str, desired: &Value, live: &Value, report: &mut Report) -> usize {
+    const SHOWN: usize = 12;
+    let mut diffs = Vec::new();
+    differences(desired, Some(live), "", &mut diffs);
+    if diffs.is_empty() {
+        report.line(format!("{shown}: up to date"));
+        return 0;
+    }
+    for d in diffs.iter().take(SHOWN) {
+        report.line(format!("{shown}: {d}"));
+    }
+    if diffs.len() > SHOWN {
+        report.line(format!(
+            "{shown}: ... and {} more fields",
+            diffs.len() - SHOWN
+        ));
+    }
+    1
+}
+
+/// Every field set in `desired` whose value is not the live one (lists compared by index when
+/// their lengths agree, else as a whole). Fields only the live object has are ignored: the
+/// API server defaults them, or another manager owns them.
+fn differences(desired: &Value, live: Option<&Value>, path: &str, out: &mut Vec<String>) {
+    match (desired, live) {
+        (Value::Null, None | Some(Value::Null)) => {}
+        (Value::Object(d), Some(Value::Object(l))) => {
+            for (k, v) in d {
+                differences(v, l.get(k), &join(path, k), out);
+            }
+        }
+        // Name each field the live object lacks, not the missing parent.
+        (Value::Object(d), None | Some(Value::Null)) if !d.is_empty() => {
+            for (k, v) in d {
+                differences(v, None, &join(path, k), out);
+            }
+        }
+        (Value::Array(d), Some(Value::Array(l))) if d.len() == l.len() => {
+            for (i, (dv, lv)) in d.iter().zip(l).enumerate() {
+                differences(dv, Some(lv), &format!("{path}[{i}]"), out);
+            }
+        }
+        (d, Some(l)) if same(d, l) => {}
+        (d, l) => {
+            let path = if path.is_empty() {
+                "(whole object)"
+            } else {
+                path
+            };
+            out.push(format!(
+                "{path}: live {}, desired {}",
+                l.map_or("unset".into(), compact),
+                compact(d)
+            ));
+        }
+    }
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    let simple = key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    match (path.is_empty(), simple) {
+        (true, true) => key.to_string(),
+        (false, true) => format!("{path}.{key}"),
+        (_, false) => format!("{path}[{key:?}]"),
+    }
+}
+
+/// A value on one line, shortened.
+fn compact(v: &Value) -> String {
+    const MAX: usize = 80;
+    let s = v.to_string();
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// One permission the controller's ServiceAccount needs.
+struct Need {
+    verb: &'static str,
+    group: String,
+    resource: String,
+}
+
+#[allow(clippy::too_many_arguments)] // what decides the permissions needed
+async fn check_access(
+    client: &Client,
+    ns: &str,
+    wc: &WasmController,
+    parent: &ApiResource,
+    children: &[(KindRef, ApiResource)],
+    plan: Option<&plan::Plan>,
+    related_targets: &[ObjRef],
+    report: &mut Report,
+) {
+    let spec = &wc.spec;
+    let sa = &spec.service_account_name;
+    report.heading(format!("Permissions of ServiceAccount {ns}/{sa}"));
+    let need = |verb, group: &str, resource: &str| Need {
+        verb,
+        group: group.into(),
+        resource: resource.into(),
+    };
+    let mut needs = Vec::new();
+    for verb in ["get", "list", "watch"] {
+        needs.push(need(verb, &parent.group, &parent.plural));
+    }
+    for (_, r) in children {
+        for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+            needs.push(need(verb, &r.group, &r.plural));
+        }
+    }
+    // Without a plan (the plugin failed or did not run), check what a typical answer needs.
+    if plan.is_none_or(|p| p.status.is_some()) {
+        needs.push(need(
+            "patch",
+            &parent.group,
+            &format!("{}/status", parent.plural),
+        ));
+    }
+    if plan.is_some_and(|p| !p.events.is_empty()) {
+        needs.push(need("create", "events.k8s.io", "events"));
+    }
+    let patches_parent = plan.is_some_and(|p| {
+        p.patches
+            .iter()
+            .any(|a| a.target.kind == parent.kind && a.target.api_version == parent.api_version)
+    });
+    if spec.plugin.finalize || patches_parent {
+        needs.push(need("patch", &parent.group, &parent.plural));
+    }
+    if spec.plugin.source.config_map.is_some() {
+        needs.push(need("get", "", "configmaps"));
+    }
+    for target in related_targets {
+        let kind = KindRef {
+            api_version: target.api_version.clone(),
+            kind: target.kind.clone(),
+        };
+        if let Ok(r) = discover(client, &kind).await {
+            needs.push(need("get", &r.group, &r.plural));
+            if plan.is_some_and(|p| p.patches.iter().any(|a| a.target == *target)) {
+                needs.push(need("patch", &r.group, &r.plural));
+            }
+        }
+    }
+    for entry in spec.related.iter().filter(|e| e.ref_.is_none()) {
+        if let (Some(api_version), Some(kind)) = (&entry.api_version, &entry.kind)
+            && let Ok(r) = discover(
+                client,
+                &KindRef {
+                    api_version: api_version.clone(),
+                    kind: kind.clone(),
+                },
+            )
+            .await
+        {
+            needs.push(need("list", &r.group, &r.plural));
+        }
+    }
+
+    // Each permission once, grouped by resource for the summary.
+    let mut unique: Vec<Need> = Vec::new();
+    for n in needs {
+        if !unique
+            .iter()
+            .any(|u| u.verb == n.verb && u.group == n.group && u.resource == n.resource)
+        {
+            unique.push(n);
+        }
+    }
+    let access = Access::new(client.clone());
+    let mut allowed: Vec<(String, Vec<&str>)> = Vec::new();
+    for n in &unique {
+        match access
+            .require(ns, sa, &[n.verb], &[(n.group.clone(), n.resource.clone())])
+            .await
+        {
+            Ok(()) => match allowed.iter_mut().find(|(r, _)| *r == n.resource) {
+                Some((_, verbs)) => verbs.push(n.verb),
+                None => allowed.push((n.resource.clone(), vec![n.verb])),
+            },
+            Err(e @ access::Error::Denied { .. }) => {
+                report.line(format!("DENIED {} {}", n.verb, n.resource));
+                report.block(e.to_string());
+            }
+            Err(access::Error::Review(kube::Error::Api(status))) if status.code == 403 => {
+                report.line(format!(
+                    "not checked: you may not create SubjectAccessReviews ({}), so what {sa} may do is unknown; ask an admin to run wasmop explain, or check its Role",
+                    status.message
+                ));
+                return;
+            }
+            Err(e) => {
+                report.line(format!("not checked: {e}"));
+                return;
+            }
+        }
+    }
+    for (resource, verbs) in allowed {
+        report.line(format!("allowed {resource}: {}", verbs.join(", ")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kinds_match_by_kind_plural_and_group_case_insensitively() {
+        let parent = KindRef {
+            api_version: "example.com/v1".into(),
+            kind: "Website".into(),
+        };
+        let resource = ApiResource {
+            group: "example.com".into(),
+            version: "v1".into(),
+            api_version: "example.com/v1".into(),
+            kind: "Website".into(),
+            plural: "websites".into(),
+        };
+        for arg in [
+            "website",
+            "Website",
+            "websites",
+            "website.example.com",
+            "WEBSITES.example.com",
+        ] {
+            assert!(kind_matches(arg, &parent, Some(&resource)), "{arg}");
+        }
+        for arg in ["site", "website.example.org", "deployment"] {
+            assert!(!kind_matches(arg, &parent, Some(&resource)), "{arg}");
+        }
+        assert!(
+            !kind_matches("websites", &parent, None),
+            "the plural needs discovery"
+        );
+    }
+
+    #[test]
+    fn differences_name_each_changed_field_and_ignore_server_defaults() {
+        let desired = json!({
+            "metadata": {"labels": {"app.kubernetes.io/name": "site"}},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "web", "ports": [{"containerPort": 80}]}]}}},
+            "data": {"removed": null},
+        });
+        let live = json!({
+            "metadata": {"labels": {"app.kubernetes.io/name": "site"}, "uid": "x"},
+            "spec": {"replicas": 1, "progressDeadlineSeconds": 600,
+                     "template": {"spec": {"containers": [{"name": "web", "ports": [{"containerPort": 80, "protocol": "TCP"}]}]}}},
+        });
+        let mut out = Vec::new();
+        differences(&desired, Some(&live), "", &mut out);
+        assert_eq!(out, vec!["spec.replicas: live 1, desired 3".to_string()]);
+
+        let mut out = Vec::new();
+        differences(
+            &json!({"metadata": {"labels": {"a.b/c": "x"}}, "list": [1, 2]}),
+            Some(&json!({"list": [1]})),
+            "",
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![
+                "list: live [1], desired [1,2]".to_string(),
+                "metadata.labels[\"a.b/c\"]: live unset, desired \"x\"".to_string(),
+            ]
+        );
+        assert_eq!(
+            join("metadata.labels", "a.b/c"),
+            "metadata.labels[\"a.b/c\"]"
+        );
+    }
+
+    #[test]
+    fn integral_floats_equal_integers() {
+        assert!(same(&json!(2), &json!(2.0)));
+        assert!(!same(&json!(2), &json!("2")));
+    }
+}

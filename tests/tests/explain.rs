@@ -1,0 +1,410 @@
+//! End-to-end: `wasmop explain` against the real control plane, with the real operator running
+//! the Website example. Each test works in its own namespace and asserts on what a user reads.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use wasmop_e2e::{eventually, kubectl, kubectl_stdin, operator, plugin, root};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// The operator, with the Website CRD widened (see [`allow_infra_ref`]) and the shared
+/// Website, ConfigMap and Deployment watches already listed by a first controller, so the
+/// tests' controllers, started at once, do not race for the initial list of the same kinds.
+async fn setup() -> Result<(
+    &'static localcp::ControlPlane,
+    &'static wasmop_e2e::Operator,
+)> {
+    let (cp, op) = operator().await?;
+    READY
+        .get_or_try_init(|| async {
+            allow_infra_ref(cp)?;
+            let client = cp.client().await?;
+            let ns = namespace_with(cp, &client, "explain-warm", &sample_rbac()?).await?;
+            put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
+            apply_controller(&client, &ns, "website", json!({})).await?;
+            wait_ready(&client, &ns, "website")
+                .await
+                .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))
+        })
+        .await?;
+    Ok((cp, op))
+}
+
+fn website_resource() -> ApiResource {
+    ApiResource {
+        group: "example.com".into(),
+        version: "v1".into(),
+        api_version: "example.com/v1".into(),
+        kind: "Website".into(),
+        plural: "websites".into(),
+    }
+}
+
+fn wasmcontroller_resource() -> ApiResource {
+    ApiResource {
+        group: "wasmop.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "wasmop.dev/v1alpha1".into(),
+        kind: "WasmController".into(),
+        plural: "wasmcontrollers".into(),
+    }
+}
+
+/// The output and exit code of `wasmop explain` as a user runs it (admin kubeconfig).
+struct Explained {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Explained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+async fn explain(cp: &localcp::ControlPlane, target: &str, ns: &str) -> Result<Explained> {
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let bin = std::env::var_os("WASMOP_BIN")
+        .map_or_else(|| target_dir.join("debug/wasmop"), PathBuf::from);
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it first (`cargo build -p wasmop`)",
+            bin.display()
+        );
+    }
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("explain-cache");
+    let out = tokio::process::Command::new(&bin)
+        .args(["explain", target, "-n", ns, "--kubeconfig"])
+        .arg(cp.kubeconfig())
+        .arg("--cache-dir")
+        .arg(&cache)
+        .output()
+        .await?;
+    let explained = Explained {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!("wasmop explain {target} -n {ns}\n{explained}");
+    Ok(explained)
+}
+
+/// A namespace with `rbac` (a ServiceAccount, Role and RoleBinding) applied.
+async fn namespace_with(
+    cp: &localcp::ControlPlane,
+    client: &Client,
+    prefix: &str,
+    rbac: &str,
+) -> Result<String> {
+    let ns = localcp::create_test_namespace(client, prefix).await?;
+    kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], Some(rbac))?;
+    Ok(ns)
+}
+
+fn sample_rbac() -> Result<String> {
+    Ok(std::fs::read_to_string(
+        root().join("samples/website/rbac.yaml"),
+    )?)
+}
+
+async fn put_plugin(client: &Client, ns: &str, name: &str, wasm: Vec<u8>) -> Result<()> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        binary_data: Some([("plugin.wasm".to_string(), ByteString(wasm))].into()),
+        ..Default::default()
+    };
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&cm),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The Website controller of the sample, with `extra` merged into its spec.
+async fn apply_controller(client: &Client, ns: &str, name: &str, extra: Value) -> Result<()> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &wasmcontroller_resource());
+    let mut body = json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController",
+        "metadata": {"name": name},
+        "spec": {
+            "parent": {"apiVersion": "example.com/v1", "kind": "Website"},
+            "children": [{"apiVersion": "v1", "kind": "ConfigMap"}, {"apiVersion": "apps/v1", "kind": "Deployment"}],
+            "plugin": {"source": {"configMap": {"name": "website-plugin", "key": "plugin.wasm"}},
+                       "config": {"replicas": 2}, "limits": {"timeoutMs": 500, "memoryMiB": 32}},
+            "serviceAccountName": "website-controller",
+        }
+    });
+    if let (Some(spec), Some(extra)) = (body["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn wait_ready(client: &Client, ns: &str, name: &str) -> Result<()> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &wasmcontroller_resource());
+    eventually(
+        WAIT,
+        &format!("WasmController {ns}/{name} Ready=True"),
+        || async {
+            let wc = api.get(name).await?;
+            let conds = wc.data["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            Ok(conds
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                .then_some(()))
+        },
+    )
+    .await
+}
+
+async fn create_website(client: &Client, ns: &str, name: &str, spec: Value) -> Result<()> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &website_resource());
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Website", "metadata": {"name": name}, "spec": spec
+    }))?;
+    api.create(&PostParams::default(), &obj).await?;
+    Ok(())
+}
+
+/// Lets Websites carry `spec.infraRef` (the sample CRD prunes unknown spec fields). The control
+/// plane belongs to this test binary, so changing its CRD affects no other test.
+fn allow_infra_ref(cp: &localcp::ControlPlane) -> Result<()> {
+    let patch = json!([{"op": "add",
+        "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/infraRef",
+        "value": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}]);
+    kubectl(
+        cp,
+        &[
+            "patch",
+            "crd",
+            "websites.example.com",
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Creates a Website whose `spec.infraRef` names ConfigMap `infra`, retrying until the API
+/// server serves the widened schema (it keeps the field).
+async fn website_referring_to(client: &Client, ns: &str, name: &str, infra: &str) -> Result<()> {
+    create_website(client, ns, name, json!({})).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &website_resource());
+    let reference = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": infra});
+    eventually(
+        WAIT,
+        &format!("Website {name} keeping spec.infraRef"),
+        || async {
+            let patched = api
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"infraRef": reference}})),
+                )
+                .await?;
+            Ok((patched.data["spec"]["infraRef"] == reference).then_some(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn explain_names_a_missing_contract_field_and_a_missing_related_object() -> Result<()> {
+    let (cp, op) = setup().await?;
+    let client = cp.client().await?;
+    let ns = namespace_with(cp, &client, "explain-related", &sample_rbac()?).await?;
+    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
+    let related = json!({"related": [{"name": "infra", "ref": "$.spec.infraRef", "contract": {"ready": "$.status.ready"}}]});
+    apply_controller(&client, &ns, "website", related).await?;
+    wait_ready(&client, &ns, "website")
+        .await
+        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+
+    // The referenced object exists but lacks the contract field (a ConfigMap has no status).
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let infra: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "infra"}, "data": {"kind": "network"}}),
+    )?;
+    configmaps.create(&PostParams::default(), &infra).await?;
+    website_referring_to(&client, &ns, "site", "infra").await?;
+    let out = explain(cp, "website/site", &ns).await?;
+    assert_eq!(out.code, Some(1), "something blocks: {out}");
+    assert!(
+        out.stdout
+            .contains("infra: ConfigMap/infra (v1) does not set contract field(s) ready"),
+        "{out}"
+    );
+    let blocking = out
+        .stdout
+        .split("\nBlocking:\n")
+        .nth(1)
+        .ok_or_else(|| anyhow!("no Blocking: list: {out}"))?;
+    assert!(
+        blocking
+            .contains("related infra: ConfigMap/infra (v1) does not set contract field(s) ready"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("Plugin reconcile"),
+        "the plugin still ran: {out}"
+    );
+
+    // The referenced object does not exist at all.
+    website_referring_to(&client, &ns, "lost", "absent").await?;
+    let out = explain(cp, "websites.example.com/lost", &ns).await?;
+    assert_eq!(out.code, Some(1), "{out}");
+    let blocking = out
+        .stdout
+        .split("\nBlocking:\n")
+        .nth(1)
+        .ok_or_else(|| anyhow!("no Blocking: list: {out}"))?;
+    assert!(
+        blocking.contains("related infra: ConfigMap/absent (v1) does not exist"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn explain_names_the_permission_the_service_account_lacks() -> Result<()> {
+    let (cp, op) = setup().await?;
+    let client = cp.client().await?;
+    // May read what it is shown and write ConfigMaps and status, but not create Deployments.
+    let rbac = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: limited }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: { name: limited }
+rules:
+  - { apiGroups: [example.com], resources: [websites], verbs: [get, list, watch] }
+  - { apiGroups: [example.com], resources: [websites/status], verbs: [patch] }
+  - { apiGroups: [""], resources: [configmaps], verbs: [get, list, watch, create, patch, delete] }
+  - { apiGroups: [apps], resources: [deployments], verbs: [get, list, watch, patch, delete] }
+  - { apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch] }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: { name: limited }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: limited }
+subjects: [ { kind: ServiceAccount, name: limited } ]
+"#;
+    let ns = namespace_with(cp, &client, "explain-rbac", rbac).await?;
+    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
+    apply_controller(
+        &client,
+        &ns,
+        "website",
+        json!({"serviceAccountName": "limited"}),
+    )
+    .await?;
+    wait_ready(&client, &ns, "website")
+        .await
+        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    create_website(&client, &ns, "site", json!({"content": "<p>x</p>"})).await?;
+
+    let out = explain(cp, "Website/site", &ns).await?;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stdout.contains("DENIED create deployments"), "{out}");
+    let blocking = out
+        .stdout
+        .split("\nBlocking:\n")
+        .nth(1)
+        .ok_or_else(|| anyhow!("no Blocking: list: {out}"))?;
+    assert!(
+        blocking.contains(&format!(
+            "ServiceAccount {ns}/limited may not create deployments in namespace {ns}"
+        )),
+        "{out}"
+    );
+    // The plan is still shown: what the controller would do once allowed.
+    assert!(
+        out.stdout
+            .contains("Deployment/site: missing, will be created"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn explain_finds_nothing_blocking_once_a_website_has_converged() -> Result<()> {
+    let (cp, op) = setup().await?;
+    let client = cp.client().await?;
+    let ns = namespace_with(cp, &client, "explain-ok", &sample_rbac()?).await?;
+    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
+    apply_controller(&client, &ns, "website", json!({})).await?;
+    wait_ready(&client, &ns, "website")
+        .await
+        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    create_website(&client, &ns, "hello", json!({"content": "<h1>hi</h1>"})).await?;
+
+    // Once the operator has applied everything, explain's plan matches the live objects.
+    let last = std::sync::Mutex::new(String::new());
+    let converged = eventually(WAIT, "explain reporting nothing to do", || async {
+        let out = explain(cp, "website/hello", &ns).await?;
+        *last.lock().unwrap() = out.to_string();
+        let quiet = out.stdout.contains("a reconcile now writes nothing");
+        Ok((out.code == Some(0) && quiet).then_some(out))
+    })
+    .await;
+    let out = converged.map_err(|e| anyhow!("{e}\nlast explain:\n{}", last.lock().unwrap()))?;
+    assert!(
+        out.stdout.trim_end().ends_with("Nothing blocks progress"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("none: the live objects match the plan, a reconcile now writes nothing"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("ConfigMap/hello-content\n")
+            && out.stdout.contains("Deployment/hello\n"),
+        "current children listed: {out}"
+    );
+
+    // An object no controller reconciles is an error, not an explanation.
+    let out = explain(cp, "deployment/hello", &ns).await?;
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr.contains("no WasmController in namespace")
+            && out.stderr.contains("website → Website"),
+        "{out}"
+    );
+    Ok(())
+}
