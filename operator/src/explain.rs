@@ -144,6 +144,7 @@ pub async fn explain(opts: &Options, logs: &PluginLogs, out: &mut dyn Write) -> 
     }
     let several = matched.len() > 1;
     let mut blocking = Vec::new();
+    let mut unchecked = Vec::new();
     for (i, (wc, resource)) in matched.into_iter().enumerate() {
         if i > 0 {
             writeln!(out)?;
@@ -167,8 +168,12 @@ pub async fn explain(opts: &Options, logs: &PluginLogs, out: &mut dyn Write) -> 
             String::new()
         };
         blocking.extend(report.blocking.into_iter().map(|b| format!("{prefix}{b}")));
+        unchecked.extend(report.unchecked.into_iter().map(|u| format!("{prefix}{u}")));
     }
     writeln!(out)?;
+    for u in &unchecked {
+        writeln!(out, "Not checked: {u}")?;
+    }
     if blocking.is_empty() {
         writeln!(out, "Nothing blocks progress")?;
     } else {
@@ -185,6 +190,8 @@ pub async fn explain(opts: &Options, logs: &PluginLogs, out: &mut dyn Write) -> 
 struct Report {
     text: String,
     blocking: Vec<String>,
+    /// What could not be checked (so "nothing blocks" is not overstated).
+    unchecked: Vec<String>,
 }
 
 impl Report {
@@ -937,10 +944,16 @@ async fn check_access(
                     "not checked: you may not create SubjectAccessReviews ({}), so what {sa} may do is unknown; ask an admin to run wasmop explain, or check its Role",
                     status.message
                 ));
+                report
+                    .unchecked
+                    .push(format!("the permissions of ServiceAccount {ns}/{sa}"));
                 return;
             }
             Err(e) => {
                 report.line(format!("not checked: {e}"));
+                report
+                    .unchecked
+                    .push(format!("the permissions of ServiceAccount {ns}/{sa}"));
                 return;
             }
         }

@@ -212,6 +212,28 @@ fn eval_prints_the_server_side_apply_bodies_the_operator_would_send() {
 }
 
 #[test]
+fn the_finalize_export_plans_no_child_writes_and_reports_finalized() {
+    let case = fixtures().join("content.yaml");
+    let out = eval(&[
+        s(&plugin("website-rust")),
+        s(&case),
+        "--export",
+        "finalize",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["plugin"]["export"], "finalize");
+    assert_eq!(report["writes"]["finalized"], true, "{}", text(&out));
+    assert_eq!(
+        report["writes"]["apply"],
+        serde_json::json!([]),
+        "children are neither applied nor pruned while finalizing"
+    );
+}
+
+#[test]
 fn misbehaving_plugins_exit_non_zero_with_the_operators_message() {
     let dir = scratch("misbehave");
     let cases = [

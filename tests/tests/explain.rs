@@ -77,6 +77,11 @@ impl std::fmt::Display for Explained {
 }
 
 async fn explain(cp: &localcp::ControlPlane, target: &str, ns: &str) -> Result<Explained> {
+    explain_as(cp.kubeconfig(), target, ns).await
+}
+
+/// `wasmop explain` with the credentials of `kubeconfig`.
+async fn explain_as(kubeconfig: &std::path::Path, target: &str, ns: &str) -> Result<Explained> {
     let target_dir =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
     let bin = std::env::var_os("WASMOP_BIN")
@@ -90,7 +95,7 @@ async fn explain(cp: &localcp::ControlPlane, target: &str, ns: &str) -> Result<E
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("explain-cache");
     let out = tokio::process::Command::new(&bin)
         .args(["explain", target, "-n", ns, "--kubeconfig"])
-        .arg(cp.kubeconfig())
+        .arg(kubeconfig)
         .arg("--cache-dir")
         .arg(&cache)
         .output()
@@ -405,6 +410,73 @@ async fn explain_finds_nothing_blocking_once_a_website_has_converged() -> Result
         out.stderr.contains("no WasmController in namespace")
             && out.stderr.contains("website → Website"),
         "{out}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn explain_says_so_when_the_user_may_not_review_the_accounts_access() -> Result<()> {
+    let (cp, op) = setup().await?;
+    let client = cp.client().await?;
+    // A user who may read what explain reads, but not create SubjectAccessReviews.
+    let rbac = format!(
+        "{}\n---\n{}",
+        sample_rbac()?,
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: viewer }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: { name: viewer }
+rules:
+  - { apiGroups: [wasmop.dev], resources: [wasmcontrollers], verbs: [get, list] }
+  - { apiGroups: [example.com], resources: [websites], verbs: [get, list] }
+  - { apiGroups: [""], resources: [configmaps], verbs: [get, list] }
+  - { apiGroups: [apps], resources: [deployments], verbs: [get, list] }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: { name: viewer }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: viewer }
+subjects: [ { kind: ServiceAccount, name: viewer } ]
+"#
+    );
+    let ns = namespace_with(cp, &client, "explain-viewer", &rbac).await?;
+    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
+    apply_controller(&client, &ns, "website", json!({})).await?;
+    wait_ready(&client, &ns, "website")
+        .await
+        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    create_website(&client, &ns, "site", json!({})).await?;
+
+    // The admin kubeconfig, impersonating the viewer (kubeconfig `as`).
+    let mut kubeconfig: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig())?)?;
+    let user = format!("system:serviceaccount:{ns}:viewer");
+    for entry in kubeconfig["users"]
+        .as_sequence_mut()
+        .ok_or_else(|| anyhow!("kubeconfig without users"))?
+    {
+        entry["user"]["as"] = serde_yaml::Value::String(user.clone());
+    }
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+
+    let out = explain_as(&path, "website/site", &ns).await?;
+    assert!(
+        matches!(out.code, Some(0 | 1)),
+        "explain still explains: {out}"
+    );
+    assert!(
+        out.stdout
+            .contains("not checked: you may not create SubjectAccessReviews"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("Plugin reconcile") && out.stdout.contains("Deployment/site"),
+        "the rest is still shown: {out}"
     );
     Ok(())
 }
