@@ -30,7 +30,8 @@ pub struct Metrics {
     /// Controllers running, plugins loaded, shared watches open.
     pub controllers: IntGauge,
     pub plugins_loaded: IntGaugeVec,
-    pub watches: IntGauge,
+    /// Shared watches open, by `kind` (`Kind.apiVersion`): 1 each, however many controllers.
+    pub watches: IntGaugeVec,
     pub watch_errors: IntCounterVec,
 }
 
@@ -76,7 +77,16 @@ impl Metrics {
         registry
             .register(Box::new(plugins_loaded.clone()))
             .expect("registered once");
+        let watches = IntGaugeVec::new(
+            Opts::new("watches", "Shared watches open, by kind (one per kind)"),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(watches.clone()))
+            .expect("registered once");
         Metrics {
+            watches,
             reconciles: by(
                 "reconciles_total",
                 "Reconciles by controller and result",
@@ -118,7 +128,6 @@ impl Metrics {
                 &["kind"],
             ),
             controllers: gauge("controllers", "WasmControllers running"),
-            watches: gauge("watches", "Shared watches open (one per kind)"),
             plugins_loaded,
             registry,
         }

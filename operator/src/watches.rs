@@ -48,6 +48,10 @@ pub struct Watches {
 pub struct SharedKind {
     pub resource: ApiResource,
     pub store: Store<DynamicObject>,
+    /// Set by the watch task once the initial list is in the store. (Not
+    /// `Store::wait_until_ready`: its one-shot receiver wakes only the last of several
+    /// concurrent waiters, so controllers starting together stalled until their timeout.)
+    ready: tokio::sync::watch::Receiver<bool>,
     tx: broadcast::Sender<Arc<DynamicObject>>,
     task: tokio::task::AbortHandle,
     metrics: Metrics,
@@ -56,7 +60,13 @@ pub struct SharedKind {
 impl Drop for SharedKind {
     fn drop(&mut self) {
         self.task.abort();
-        self.metrics.watches.dec();
+        self.metrics
+            .watches
+            .with_label_values(&[&wasmop_abi::child_key(
+                &self.resource.api_version,
+                &self.resource.kind,
+            )])
+            .dec();
         tracing::info!(kind = %self.resource.kind, api_version = %self.resource.api_version, "watch stopped (no more users)");
     }
 }
@@ -91,16 +101,15 @@ impl Watches {
                 }
             }
         };
-        tokio::time::timeout(READY_TIMEOUT, shared.store.wait_until_ready())
+        let mut ready = shared.ready.clone();
+        let not_ready = || Error::NotReady {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+        };
+        tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r))
             .await
-            .map_err(|_| Error::NotReady {
-                api_version: resource.api_version.clone(),
-                kind: resource.kind.clone(),
-            })?
-            .map_err(|_| Error::NotReady {
-                api_version: resource.api_version.clone(),
-                kind: resource.kind.clone(),
-            })?;
+            .map_err(|_| not_ready())?
+            .map_err(|_| not_ready())?;
         Ok(shared)
     }
 
@@ -110,6 +119,7 @@ impl Watches {
         let (tx, _) = broadcast::channel(FANOUT_BUFFER);
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
         let feed = tx.clone();
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
         let (kind, metrics) = (resource.kind.clone(), self.metrics.clone());
         let task = tokio::spawn(async move {
             let mut events = std::pin::pin!(
@@ -126,7 +136,10 @@ impl Watches {
                     ) => {
                         let _ = feed.send(Arc::new(obj)); // no subscribers yet is fine
                     }
-                    Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                    Ok(watcher::Event::InitDone) => {
+                        ready_tx.send_replace(true); // the store holds the initial list now
+                    }
+                    Ok(watcher::Event::Init) => {}
                     Err(error) => {
                         metrics.watch_errors.with_label_values(&[&kind]).inc();
                         tracing::warn!(%kind, %error, "watch error; retrying with backoff");
@@ -134,11 +147,18 @@ impl Watches {
                 }
             }
         });
-        self.metrics.watches.inc();
+        self.metrics
+            .watches
+            .with_label_values(&[&wasmop_abi::child_key(
+                &resource.api_version,
+                &resource.kind,
+            )])
+            .inc();
         tracing::info!(kind = %resource.kind, api_version = %resource.api_version, "watch started");
         SharedKind {
             resource,
             store,
+            ready,
             tx,
             task: task.abort_handle(),
             metrics: self.metrics.clone(),

@@ -466,11 +466,14 @@ async fn bad_plugins_are_contained_reported_and_write_nothing() -> Result<()> {
     );
 
     // Seven controllers over the same three kinds share one watch per kind.
-    assert_eq!(
-        op.metric("wasmop_watches", &[]).await?,
-        3.0,
-        "one shared watch per kind"
-    );
+    for kind in [
+        "Website.example.com/v1",
+        "ConfigMap.v1",
+        "Deployment.apps/v1",
+    ] {
+        let open = op.metric("wasmop_watches", &[("kind", kind)]).await?;
+        assert_eq!(open, 1.0, "one shared watch for {kind}");
+    }
 
     // The operator is alive and counted the failures by kind.
     for kind in [
@@ -695,6 +698,58 @@ async fn with_finalize_the_parent_waits_for_the_plugin_before_it_goes() -> Resul
     )
     .await
     .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(30)))?;
+    Ok(())
+}
+
+/// Regression: several controllers needing a kind nobody watched yet all waited on
+/// kube-runtime's `Store::wait_until_ready`, which wakes only the last waiter; the others
+/// stalled until the 60 s watch-readiness timeout. They must all start promptly.
+#[tokio::test]
+async fn controllers_starting_together_on_a_new_kind_do_not_wait_for_the_readiness_timeout()
+-> Result<()> {
+    let (cp, op) = operator().await?;
+    let client = cp.client().await?;
+    let ns = localcp::create_test_namespace(&client, "together").await?;
+    let rbac = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: secrets-controller }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: { name: secrets-controller }
+rules:
+  - { apiGroups: [example.com], resources: [websites, websites/status], verbs: [get, list, watch, patch] }
+  - { apiGroups: [""], resources: [secrets, configmaps], verbs: [get, list, watch] }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: { name: secrets-controller }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: secrets-controller }
+subjects: [ { kind: ServiceAccount, name: secrets-controller } ]
+"#;
+    kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], Some(rbac))?;
+    put_plugin(&client, &ns, "plugin", plugin("misbehave")).await?;
+    // Secrets: a kind no other test in this binary watches, so its watch starts now.
+    let children = json!({"children": [{"apiVersion": "v1", "kind": "Secret"}], "serviceAccountName": "secrets-controller"});
+    let names = ["a", "b", "c", "d"];
+    for name in names {
+        apply_controller(&client, &ns, name, "plugin", json!({}), children.clone()).await?;
+    }
+    // Well inside the 60 s timeout the bug waited for, yet generous for a loaded machine.
+    for name in names {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{name} Ready"),
+            || async {
+                Ok(condition(&client, &ns, name, "Ready")
+                    .await?
+                    .filter(|(s, _, _)| s == "True"))
+            },
+        )
+        .await
+        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(30)))?;
+    }
     Ok(())
 }
 
