@@ -26,6 +26,9 @@ use extism::{CompiledPlugin, Manifest, Plugin, PluginBuilder, Wasm};
 use crate::crd::Limits;
 use crate::source::PluginBytes;
 
+/// The `tracing` target of plugin log calls (Extism emits them from its `pdk` module).
+pub const PLUGIN_LOG_TARGET: &str = "extism::pdk";
+
 /// A healthy instance is replaced after this many calls.
 pub const RECYCLE_AFTER_CALLS: u32 = 256;
 

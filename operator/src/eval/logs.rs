@@ -19,7 +19,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// The `tracing` target of Extism's plugin log events (its `pdk` module).
-pub const TARGET: &str = "extism::pdk";
+pub const TARGET: &str = crate::plugin::PLUGIN_LOG_TARGET;
 
 /// One line a plugin logged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
