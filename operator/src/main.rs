@@ -137,13 +137,19 @@ fn default_cache_dir() -> PathBuf {
         .join("wasmop/plugins")
 }
 
-/// Plugin log calls arrive as events of target `extism::pdk` inside the reconcile span, so
-/// they carry the controller and parent fields; the rest of extism and wasmtime is quiet.
-const DEFAULT_LOG_FILTER: &str = "info,extism=warn,extism::pdk=info,cranelift=warn,wasmtime=warn";
+/// Plugin log calls arrive as events of target [`wasmop::plugin::PLUGIN_LOG_TARGET`] inside
+/// the reconcile span, so they carry the controller and parent fields; the rest of extism and
+/// wasmtime is quiet.
+fn default_log_filter() -> String {
+    format!(
+        "info,extism=warn,{}=info,cranelift=warn,wasmtime=warn",
+        wasmop::plugin::PLUGIN_LOG_TARGET
+    )
+}
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WASMOP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
