@@ -25,7 +25,7 @@ build: setup
 	$(CARGO) build --workspace --bins
 
 ## plugins: every example plugin, from source, into target/plugins/.
-plugins: setup
+plugins: build
 	@mkdir -p $(PLUGIN_DIR)
 	$(CARGO) build -p website-plugin -p misbehave-plugin --target wasm32-unknown-unknown --profile plugin
 	@cp $(WASM_RUST)/website_plugin.wasm $(PLUGIN_DIR)/website-rust.wasm

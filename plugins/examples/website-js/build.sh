@@ -15,8 +15,15 @@ npm run --silent check
 npx --no-install esbuild src/index.ts --bundle --format=esm --target=es2020 --platform=neutral \
   --log-level=warning --outfile="$out/website-js.js"
 
-# The runtime is a no-op rebuild when it is fresh.
-"$root/plugins/js-runtime/build.sh" --quiet
+# The runtime is a no-op rebuild when it is fresh (progress shows on a cold build).
+"$root/plugins/js-runtime/build.sh"
 cd "$root"
-cargo run --quiet -p wasmop-js-build --bin wasmop-js-build -- \
-  "$out/website-js.js" -o "$out/website-js.wasm" "$@"
+# Prefer the wasmop binary `make build` made: a `cargo run -p <one package>` resolves features
+# for that package alone and would recompile part of wasmtime a second time.
+wasmop="${WASMOP_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/wasmop}"
+if [ -x "$wasmop" ]; then
+  "$wasmop" js build "$out/website-js.js" -o "$out/website-js.wasm" "$@"
+else
+  cargo run --quiet -p wasmop-js-build --bin wasmop-js-build -- \
+    "$out/website-js.js" -o "$out/website-js.wasm" "$@"
+fi
