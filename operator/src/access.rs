@@ -16,8 +16,11 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::PostParams;
 use kube::{Api, Client, Config};
 
-/// How long an access review answer is trusted.
+/// How long an "allowed" access review answer is trusted.
 pub const REVIEW_TTL: Duration = Duration::from_secs(30);
+/// How long a "denied" answer is trusted: shorter, so a team that fixes its RBAC sees its
+/// controller start within seconds.
+pub const DENIED_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -123,7 +126,7 @@ impl Access {
             namespace.into(),
         );
         if let Some((allowed, at)) = self.cache.lock().unwrap().get(&key)
-            && at.elapsed() < REVIEW_TTL
+            && at.elapsed() < if *allowed { REVIEW_TTL } else { DENIED_TTL }
         {
             return Ok(*allowed);
         }

@@ -37,6 +37,22 @@ use crate::{related, source};
 
 /// The field manager of everything the operator itself writes (WasmController status).
 pub const FIELD_MANAGER: &str = "wasmop";
+/// Longest wait between retries of a WasmController that failed to start.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+fn retry_delays() -> Box<dyn Iterator<Item = Duration> + Send> {
+    use backon::BackoffBuilder;
+    Box::new(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_factor(1.5)
+            .with_max_delay(RETRY_MAX)
+            .with_jitter()
+            .without_max_times()
+            .build(),
+    )
+}
+
 /// How long a replaced or deleted controller may take to finish in-flight reconciles.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -197,6 +213,12 @@ async fn slot(
     let mut running: Option<Running> = None;
     let mut source_watch: Option<(PluginSource, tokio::task::AbortHandle)> = None;
     let mut load_error: Option<Error> = None;
+    // A start that failed (RBAC not granted yet, CRD not installed yet, ConfigMap missing, ...)
+    // is retried with backoff, so fixing the cause is enough: no edit of the WasmController.
+    let mut retry: Option<(
+        Box<dyn Iterator<Item = Duration> + Send>,
+        tokio::task::AbortHandle,
+    )> = None;
     let (health_tx, mut health_rx) = mpsc::unbounded_channel::<()>();
     let health_forward = {
         let signals = signals.clone();
@@ -226,6 +248,9 @@ async fn slot(
                 Ok(None) => load_error = None,
                 Ok(Some(new)) => {
                     load_error = None;
+                    if let Some((_, pending)) = retry.take() {
+                        pending.abort();
+                    }
                     if let Some(old) = running.take() {
                         stop(&ctx, old).await;
                     }
@@ -233,16 +258,37 @@ async fn slot(
                     running = Some(new);
                 }
                 Err(error) => {
-                    tracing::warn!(parent: &span, reason = error.reason(), "{error}");
+                    let (mut delays, pending) = retry.take().map_or_else(
+                        || (retry_delays(), None),
+                        |(delays, pending)| (delays, Some(pending)),
+                    );
+                    if let Some(pending) = pending {
+                        pending.abort();
+                    }
+                    let delay = delays.next().unwrap_or(RETRY_MAX);
+                    tracing::warn!(parent: &span, reason = error.reason(), retry_in = ?delay, "{error}");
+                    let again = signals.clone();
+                    let timer = tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = again.send(Signal::Sync);
+                    });
+                    retry = Some((delays, timer.abort_handle()));
                     load_error = Some(error);
                 }
             }
-            // Hot reload: watch the plugin's ConfigMap for as long as the source is the same.
+            // Hot reload: watch the plugin's ConfigMap for as long as the source is the same,
+            // unless the account cannot read it (the retry above notices when it can).
             let source = &wc.spec.plugin.source;
-            if source_watch.as_ref().map(|(s, _)| s) != Some(source) {
+            let readable = !matches!(
+                load_error,
+                Some(Error::Access(_) | Error::Source(source::Error::ConfigMapRead { .. }))
+            );
+            if !readable || source_watch.as_ref().map(|(s, _)| s) != Some(source) {
                 if let Some((_, old)) = source_watch.take() {
                     old.abort();
                 }
+            }
+            if readable && source_watch.is_none() {
                 if let Some(task) = watch_source(&ctx, &wc, signals.clone()) {
                     source_watch = Some((source.clone(), task));
                 }
@@ -254,6 +300,9 @@ async fn slot(
     }
     if let Some((_, task)) = source_watch {
         task.abort();
+    }
+    if let Some((_, pending)) = retry {
+        pending.abort();
     }
     health_forward.abort();
     if let Some(old) = running {

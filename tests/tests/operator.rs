@@ -580,6 +580,24 @@ subjects: [ { kind: ServiceAccount, name: limited } ]
         message.contains(&format!("ServiceAccount {ns}/nobody may not get websites")),
         "{message}"
     );
+
+    // Fixing the cause is enough: once the account is granted the Role, the controller starts
+    // (retried with backoff), without any edit to the WasmController.
+    let grant = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: nobody }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: { name: nobody-limited }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: limited }
+subjects: [ { kind: ServiceAccount, name: nobody } ]
+"#;
+    kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], Some(grant))?;
+    wait_ready(&client, &ns, "nobody")
+        .await
+        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(20)))?;
     Ok(())
 }
 
