@@ -771,6 +771,84 @@ subjects: [ { kind: ServiceAccount, name: secrets-controller } ]
     Ok(())
 }
 
+#[tokio::test]
+async fn the_api_server_rejects_bad_wasmcontrollers_at_apply_time_naming_the_field() -> Result<()> {
+    let cp = wasmop_e2e::cluster().await?;
+    let client = cp.client().await?;
+    let ns = localcp::create_test_namespace(&client, "reject").await?;
+    let good = json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController", "metadata": {"name": "x"},
+        "spec": {
+            "parent": {"apiVersion": "example.com/v1", "kind": "Website"},
+            "plugin": {"source": {"configMap": {"name": "p", "key": "plugin.wasm"}}},
+            "serviceAccountName": "sa",
+        }
+    });
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "two sources",
+            json!({"plugin": {"source": {"configMap": {"name": "p", "key": "k"}, "file": "/x.wasm"}}}),
+            "spec.plugin.source: set exactly one of configMap or file",
+        ),
+        (
+            "no source",
+            json!({"plugin": {"source": {}}}),
+            "spec.plugin.source: set exactly one of configMap or file",
+        ),
+        (
+            "memory out of range",
+            json!({"plugin": {"source": {"file": "/x"}, "limits": {"memoryMiB": 0}}}),
+            "spec.plugin.limits.memoryMiB",
+        ),
+        (
+            "bad resync",
+            json!({"resyncPeriod": "5 minutes"}),
+            "spec.resyncPeriod",
+        ),
+        (
+            "ref and selector",
+            json!({"related": [{"name": "r", "ref": "$.spec.x", "apiVersion": "v1", "kind": "Secret", "selector": {}}]}),
+            "set either ref (API contract) or selector",
+        ),
+        (
+            "ref not a JSONPath",
+            json!({"related": [{"name": "r", "ref": "spec.x"}]}),
+            "must be a JSONPath starting with '$'",
+        ),
+        (
+            "duplicate children",
+            json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap"}, {"apiVersion": "v1", "kind": "ConfigMap"}]}),
+            "spec.children: each kind may be listed once",
+        ),
+        (
+            "no service account",
+            json!({"serviceAccountName": ""}),
+            "spec.serviceAccountName",
+        ),
+    ];
+    kubectl_stdin(
+        cp,
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&good.to_string()),
+    )
+    .context("the good spec is accepted")?;
+    for (what, patch, expected) in cases {
+        let mut bad = good.clone();
+        bad["metadata"]["name"] = json!("bad");
+        for (k, v) in patch.as_object().unwrap() {
+            bad["spec"][k] = v.clone();
+        }
+        let err = kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], Some(&bad.to_string()))
+            .err()
+            .with_context(|| format!("{what}: the API server accepted {bad}"))?;
+        assert!(
+            err.to_string().contains(expected),
+            "{what}: expected {expected:?} in: {err}"
+        );
+    }
+    Ok(())
+}
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     std::io::Write::write_all(&mut encoder, bytes).expect("compress");
