@@ -38,10 +38,8 @@ use crate::{related, source};
 pub enum Error {
     #[error("{0:?} is not KIND/NAME, e.g. website/hello or websites.example.com/hello")]
     Target(String),
-    #[error("reading the kubeconfig: {0}")]
-    Kubeconfig(#[from] kube::config::KubeconfigError),
-    #[error("finding a kubeconfig (KUBECONFIG, ~/.kube/config, in-cluster): {0}")]
-    Infer(#[from] kube::config::InferConfigError),
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
     #[error("{action}: {source}")]
     Api {
         action: String,
@@ -94,17 +92,7 @@ pub async fn explain(opts: &Options, logs: &PluginLogs, out: &mut dyn Write) -> 
         .split_once('/')
         .filter(|(k, n)| !k.is_empty() && !n.is_empty())
         .ok_or_else(|| Error::Target(opts.target.clone()))?;
-    let config = match &opts.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await?
-        }
-        None => kube::Config::infer().await?,
-    };
+    let config = crate::client_config(opts.kubeconfig.as_deref()).await?;
     let namespace = opts
         .namespace
         .clone()

@@ -38,6 +38,33 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+/// Why no client configuration could be found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading the kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("finding a kubeconfig (KUBECONFIG, ~/.kube/config, in-cluster): {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+}
+
+/// The client configuration: the `kubeconfig` file when given, else KUBECONFIG,
+/// `~/.kube/config` or the in-cluster configuration (what `kubectl` would use).
+///
+/// # Errors
+/// The file cannot be read or names no usable context; nothing can be inferred.
+pub async fn client_config(
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<kube::Config, ConfigError> {
+    Ok(match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::infer().await?,
+    })
+}
+
 /// Settings of `wasmop run`.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -57,17 +84,7 @@ pub struct RunOptions {
 /// No usable kubeconfig / in-cluster config, the metrics address cannot be bound, or the
 /// plugin cache directory cannot be created.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let config = match &opts.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await?
-        }
-        None => kube::Config::infer().await?,
-    };
+    let config = client_config(opts.kubeconfig.as_deref()).await?;
     let client = kube::Client::try_from(config.clone())?;
     let version = client.apiserver_version().await?;
     tracing::info!(server = %version.git_version, "connected to the API server");
