@@ -13,6 +13,8 @@ use localcp::ControlPlane;
 use localcp::supervisor::{Proc, Supervisor};
 use tokio::sync::OnceCell;
 
+pub mod website;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -2,17 +2,14 @@
 //! the Website example. Each test works in its own namespace and asserts on what a user reads.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::json;
+use wasmop_e2e::website::*;
 use wasmop_e2e::{eventually, kubectl, kubectl_stdin, operator, plugin, root};
-
-const WAIT: Duration = Duration::from_secs(60);
 
 static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
@@ -30,33 +27,21 @@ async fn setup() -> Result<(
             let client = cp.client().await?;
             let ns = namespace_with(cp, &client, "explain-warm", &sample_rbac()?).await?;
             put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-            apply_controller(&client, &ns, "website", json!({})).await?;
+            apply_controller(
+                &client,
+                &ns,
+                "website",
+                "website-plugin",
+                json!({"replicas": 2}),
+                json!({}),
+            )
+            .await?;
             wait_ready(&client, &ns, "website")
                 .await
                 .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))
         })
         .await?;
     Ok((cp, op))
-}
-
-fn website_resource() -> ApiResource {
-    ApiResource {
-        group: "example.com".into(),
-        version: "v1".into(),
-        api_version: "example.com/v1".into(),
-        kind: "Website".into(),
-        plural: "websites".into(),
-    }
-}
-
-fn wasmcontroller_resource() -> ApiResource {
-    ApiResource {
-        group: "wasmop.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "wasmop.dev/v1alpha1".into(),
-        kind: "WasmController".into(),
-        plural: "wasmcontrollers".into(),
-    }
 }
 
 /// The output and exit code of `wasmop explain` as a user runs it (admin kubeconfig).
@@ -127,82 +112,6 @@ fn sample_rbac() -> Result<String> {
     )?)
 }
 
-async fn put_plugin(client: &Client, ns: &str, name: &str, wasm: Vec<u8>) -> Result<()> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let cm = ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        binary_data: Some([("plugin.wasm".to_string(), ByteString(wasm))].into()),
-        ..Default::default()
-    };
-    api.patch(
-        name,
-        &PatchParams::apply("e2e-test").force(),
-        &Patch::Apply(&cm),
-    )
-    .await?;
-    Ok(())
-}
-
-/// The Website controller of the sample, with `extra` merged into its spec.
-async fn apply_controller(client: &Client, ns: &str, name: &str, extra: Value) -> Result<()> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &wasmcontroller_resource());
-    let mut body = json!({
-        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController",
-        "metadata": {"name": name},
-        "spec": {
-            "parent": {"apiVersion": "example.com/v1", "kind": "Website"},
-            "children": [{"apiVersion": "v1", "kind": "ConfigMap"}, {"apiVersion": "apps/v1", "kind": "Deployment"}],
-            "plugin": {"source": {"configMap": {"name": "website-plugin", "key": "plugin.wasm"}},
-                       "config": {"replicas": 2}, "limits": {"timeoutMs": 500, "memoryMiB": 32}},
-            "serviceAccountName": "website-controller",
-        }
-    });
-    if let (Some(spec), Some(extra)) = (body["spec"].as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    api.patch(
-        name,
-        &PatchParams::apply("e2e-test").force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
-}
-
-async fn wait_ready(client: &Client, ns: &str, name: &str) -> Result<()> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &wasmcontroller_resource());
-    eventually(
-        WAIT,
-        &format!("WasmController {ns}/{name} Ready=True"),
-        || async {
-            let wc = api.get(name).await?;
-            let conds = wc.data["status"]["conditions"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            Ok(conds
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                .then_some(()))
-        },
-    )
-    .await
-}
-
-async fn create_website(client: &Client, ns: &str, name: &str, spec: Value) -> Result<()> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &website_resource());
-    let obj: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "example.com/v1", "kind": "Website", "metadata": {"name": name}, "spec": spec
-    }))?;
-    api.create(&PostParams::default(), &obj).await?;
-    Ok(())
-}
-
 /// Lets Websites carry `spec.infraRef` (the sample CRD prunes unknown spec fields). The control
 /// plane belongs to this test binary, so changing its CRD affects no other test.
 fn allow_infra_ref(cp: &localcp::ControlPlane) -> Result<()> {
@@ -253,7 +162,15 @@ async fn explain_names_a_missing_contract_field_and_a_missing_related_object() -
     let ns = namespace_with(cp, &client, "explain-related", &sample_rbac()?).await?;
     put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
     let related = json!({"related": [{"name": "infra", "ref": "$.spec.infraRef", "contract": {"ready": "$.status.ready"}}]});
-    apply_controller(&client, &ns, "website", related).await?;
+    apply_controller(
+        &client,
+        &ns,
+        "website",
+        "website-plugin",
+        json!({"replicas": 2}),
+        related,
+    )
+    .await?;
     wait_ready(&client, &ns, "website")
         .await
         .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
@@ -335,6 +252,8 @@ subjects: [ { kind: ServiceAccount, name: limited } ]
         &client,
         &ns,
         "website",
+        "website-plugin",
+        json!({"replicas": 2}),
         json!({"serviceAccountName": "limited"}),
     )
     .await?;
@@ -372,7 +291,15 @@ async fn explain_finds_nothing_blocking_once_a_website_has_converged() -> Result
     let client = cp.client().await?;
     let ns = namespace_with(cp, &client, "explain-ok", &sample_rbac()?).await?;
     put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-    apply_controller(&client, &ns, "website", json!({})).await?;
+    apply_controller(
+        &client,
+        &ns,
+        "website",
+        "website-plugin",
+        json!({"replicas": 2}),
+        json!({}),
+    )
+    .await?;
     wait_ready(&client, &ns, "website")
         .await
         .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
@@ -445,7 +372,15 @@ subjects: [ { kind: ServiceAccount, name: viewer } ]
     );
     let ns = namespace_with(cp, &client, "explain-viewer", &rbac).await?;
     put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-    apply_controller(&client, &ns, "website", json!({})).await?;
+    apply_controller(
+        &client,
+        &ns,
+        "website",
+        "website-plugin",
+        json!({"replicas": 2}),
+        json!({}),
+    )
+    .await?;
     wait_ready(&client, &ns, "website")
         .await
         .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;

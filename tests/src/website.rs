@@ -1,0 +1,151 @@
+//! Helpers for tests that drive the Website sample: its resources, plugin ConfigMaps,
+//! WasmControllers and their conditions.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::{eventually, kubectl_stdin};
+
+/// How long a test waits for the operator to converge.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn website_resource() -> ApiResource {
+    ApiResource {
+        group: "example.com".into(),
+        version: "v1".into(),
+        api_version: "example.com/v1".into(),
+        kind: "Website".into(),
+        plural: "websites".into(),
+    }
+}
+
+pub fn wasmcontroller_resource() -> ApiResource {
+    ApiResource {
+        group: "wasmop.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "wasmop.dev/v1alpha1".into(),
+        kind: "WasmController".into(),
+        plural: "wasmcontrollers".into(),
+    }
+}
+
+/// A namespace with the sample's ServiceAccount, Role and RoleBinding.
+pub async fn team_namespace(
+    cp: &localcp::ControlPlane,
+    client: &Client,
+    prefix: &str,
+) -> Result<String> {
+    let ns = localcp::create_test_namespace(client, prefix).await?;
+    let rbac = std::fs::read_to_string(crate::root().join("samples/website/rbac.yaml"))?;
+    kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], Some(&rbac))?;
+    Ok(ns)
+}
+
+pub async fn put_plugin(client: &Client, ns: &str, name: &str, wasm: Vec<u8>) -> Result<()> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        binary_data: Some([("plugin.wasm".to_string(), ByteString(wasm))].into()),
+        ..Default::default()
+    };
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&cm),
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn apply_controller(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    plugin_cm: &str,
+    config: Value,
+    extra: Value,
+) -> Result<()> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &wasmcontroller_resource());
+    let mut body = json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController",
+        "metadata": {"name": name},
+        "spec": {
+            "parent": {"apiVersion": "example.com/v1", "kind": "Website"},
+            "children": [{"apiVersion": "v1", "kind": "ConfigMap"}, {"apiVersion": "apps/v1", "kind": "Deployment"}],
+            "plugin": {"source": {"configMap": {"name": plugin_cm, "key": "plugin.wasm"}}, "config": config,
+                       "limits": {"timeoutMs": 500, "memoryMiB": 32}},
+            "serviceAccountName": "website-controller",
+            "resyncPeriod": "10m",
+        }
+    });
+    if let (Some(spec), Some(extra)) = (body["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Result<Option<(String, String, String)>> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &wasmcontroller_resource());
+    let wc = api.get(name).await?;
+    let conds = wc.data["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(conds.iter().find(|c| c["type"] == type_).map(|c| {
+        let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+        (s("status"), s("reason"), s("message"))
+    }))
+}
+
+pub async fn wait_ready(client: &Client, ns: &str, name: &str) -> Result<()> {
+    eventually(
+        WAIT,
+        &format!("WasmController {ns}/{name} Ready=True"),
+        || async {
+            Ok(condition(client, ns, name, "Ready")
+                .await?
+                .filter(|(s, r, _)| s == "True" && r == "Running"))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn create_website(client: &Client, ns: &str, name: &str, spec: Value) -> Result<()> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &website_resource());
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Website", "metadata": {"name": name}, "spec": spec
+    }))?;
+    api.create(&PostParams::default(), &obj).await?;
+    Ok(())
+}
+
+pub async fn get_website(client: &Client, ns: &str, name: &str) -> Result<DynamicObject> {
+    Ok(
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &website_resource())
+            .get(name)
+            .await?,
+    )
+}
