@@ -27,7 +27,7 @@ cleanup() {
   bold "stopped cleanly"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 0' INT TERM  # Ctrl-C is how you stop it: a clean exit, not an error
 
 step "starting the local control plane (etcd, kube-apiserver, kube-controller-manager)"
 "$target/debug/localcp" up --dir "$state/cp" >"$state/localcp.log" 2>&1 &
