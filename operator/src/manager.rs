@@ -283,15 +283,16 @@ async fn slot(
                 load_error,
                 Some(Error::Access(_) | Error::Source(source::Error::ConfigMapRead { .. }))
             );
-            if !readable || source_watch.as_ref().map(|(s, _)| s) != Some(source) {
-                if let Some((_, old)) = source_watch.take() {
-                    old.abort();
-                }
+            if (!readable || source_watch.as_ref().map(|(s, _)| s) != Some(source))
+                && let Some((_, old)) = source_watch.take()
+            {
+                old.abort();
             }
-            if readable && source_watch.is_none() {
-                if let Some(task) = watch_source(&ctx, &wc, signals.clone()) {
-                    source_watch = Some((source.clone(), task));
-                }
+            if readable
+                && source_watch.is_none()
+                && let Some(task) = watch_source(&ctx, &wc, signals.clone())
+            {
+                source_watch = Some((source.clone(), task));
             }
         }
         if let Err(error) = write_status(&ctx, &wc, running.as_ref(), load_error.as_ref()).await {

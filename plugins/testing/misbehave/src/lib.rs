@@ -24,7 +24,10 @@ fn marker(req: &ReconcileRequest) -> serde_json::Value {
 
 #[plugin_fn]
 pub fn reconcile(Json(req): Json<ReconcileRequest>) -> FnResult<Vec<u8>> {
-    let mode = req.controller.config["mode"].as_str().unwrap_or("marker").to_string();
+    let mode = req.controller.config["mode"]
+        .as_str()
+        .unwrap_or("marker")
+        .to_string();
     let response = match mode.as_str() {
         "loop" => {
             let mut x: u64 = 0;
@@ -41,14 +44,24 @@ pub fn reconcile(Json(req): Json<ReconcileRequest>) -> FnResult<Vec<u8>> {
         }
         "garbage" => return Ok(b"this is not json {".to_vec()),
         "undeclared" => ReconcileResponse {
-            children: vec![marker(&req), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "stolen"}})],
+            children: vec![
+                marker(&req),
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "stolen"}}),
+            ],
             ..Default::default()
         },
         "error" => return Err(extism_pdk::Error::msg("the plugin refuses: mode=error").into()),
         "panic" => panic!("mode=panic"),
         _ => {
-            extism_pdk::info!("marking {}", req.object["metadata"]["name"].as_str().unwrap_or_default());
-            ReconcileResponse { children: vec![marker(&req)], status: Some(json!({"phase": "Marked"})), ..Default::default() }
+            extism_pdk::info!(
+                "marking {}",
+                req.object["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            ReconcileResponse {
+                children: vec![marker(&req)],
+                status: Some(json!({"phase": "Marked"})),
+                ..Default::default()
+            }
         }
     };
     Ok(serde_json::to_vec(&response)?)
