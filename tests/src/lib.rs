@@ -88,19 +88,28 @@ pub async fn cluster() -> Result<&'static ControlPlane> {
     Ok(cp)
 }
 
+/// The `wasmop` binary under test: `$WASMOP_BIN`, else `<target dir>/debug/wasmop`.
+///
+/// # Errors
+/// It has not been built.
+pub fn wasmop_bin() -> Result<PathBuf> {
+    let bin = std::env::var_os("WASMOP_BIN")
+        .map_or_else(|| target_dir().join("debug/wasmop"), PathBuf::from);
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it first (`make build`, or `cargo build -p wasmop`)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// The shared control plane and the real `wasmop` binary running against it.
 pub async fn operator() -> Result<(&'static ControlPlane, &'static Operator)> {
     let cp = cluster().await?;
     let op = OPERATOR
         .get_or_try_init(|| async {
-            let bin = std::env::var_os("WASMOP_BIN")
-                .map_or_else(|| target_dir().join("debug/wasmop"), PathBuf::from);
-            if !bin.exists() {
-                bail!(
-                    "{} not found: build it first (`make build`, or `cargo build -p wasmop`)",
-                    bin.display()
-                );
-            }
+            let bin = wasmop_bin()?;
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::{eventually, kubectl_stdin};
+use crate::{Operator, eventually, kubectl_stdin};
 
 /// How long a test waits for the operator to converge.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -35,16 +35,32 @@ pub fn wasmcontroller_resource() -> ApiResource {
     }
 }
 
+/// The sample's ServiceAccount, Role and RoleBinding (`samples/website/rbac.yaml`).
+pub fn sample_rbac() -> Result<String> {
+    Ok(std::fs::read_to_string(
+        crate::root().join("samples/website/rbac.yaml"),
+    )?)
+}
+
+/// A namespace with `rbac` (a ServiceAccount, Role and RoleBinding) applied.
+pub async fn namespace_with(
+    cp: &localcp::ControlPlane,
+    client: &Client,
+    prefix: &str,
+    rbac: &str,
+) -> Result<String> {
+    let ns = localcp::create_test_namespace(client, prefix).await?;
+    kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], Some(rbac))?;
+    Ok(ns)
+}
+
 /// A namespace with the sample's ServiceAccount, Role and RoleBinding.
 pub async fn team_namespace(
     cp: &localcp::ControlPlane,
     client: &Client,
     prefix: &str,
 ) -> Result<String> {
-    let ns = localcp::create_test_namespace(client, prefix).await?;
-    let rbac = std::fs::read_to_string(crate::root().join("samples/website/rbac.yaml"))?;
-    kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], Some(&rbac))?;
-    Ok(ns)
+    namespace_with(cp, client, prefix, &sample_rbac()?).await
 }
 
 pub async fn put_plugin(client: &Client, ns: &str, name: &str, wasm: Vec<u8>) -> Result<()> {
@@ -119,7 +135,9 @@ pub async fn condition(
     }))
 }
 
-pub async fn wait_ready(client: &Client, ns: &str, name: &str) -> Result<()> {
+/// Waits for the WasmController's `Ready=True` (reason `Running`); on timeout the error
+/// carries the tail of the operator's log.
+pub async fn wait_ready(client: &Client, ns: &str, name: &str, op: &Operator) -> Result<()> {
     eventually(
         WAIT,
         &format!("WasmController {ns}/{name} Ready=True"),
@@ -129,8 +147,9 @@ pub async fn wait_ready(client: &Client, ns: &str, name: &str) -> Result<()> {
                 .filter(|(s, r, _)| s == "True" && r == "Running"))
         },
     )
-    .await?;
-    Ok(())
+    .await
+    .map(|_| ())
+    .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))
 }
 
 pub async fn create_website(client: &Client, ns: &str, name: &str, spec: Value) -> Result<()> {

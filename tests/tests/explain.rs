@@ -3,43 +3,24 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use wasmop_e2e::website::*;
-use wasmop_e2e::{eventually, kubectl, kubectl_stdin, operator, plugin, root};
+use wasmop_e2e::{eventually, kubectl, operator, plugin};
 
-static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+static INFRA_REF: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
-/// The operator, with the Website CRD widened (see [`allow_infra_ref`]) and the shared
-/// Website, ConfigMap and Deployment watches already listed by a first controller, so the
-/// tests' controllers, started at once, do not race for the initial list of the same kinds.
+/// The operator, with the Website CRD widened once (see [`allow_infra_ref`]).
 async fn setup() -> Result<(
     &'static localcp::ControlPlane,
     &'static wasmop_e2e::Operator,
 )> {
     let (cp, op) = operator().await?;
-    READY
-        .get_or_try_init(|| async {
-            allow_infra_ref(cp)?;
-            let client = cp.client().await?;
-            let ns = namespace_with(cp, &client, "explain-warm", &sample_rbac()?).await?;
-            put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-            apply_controller(
-                &client,
-                &ns,
-                "website",
-                "website-plugin",
-                json!({"replicas": 2}),
-                json!({}),
-            )
-            .await?;
-            wait_ready(&client, &ns, "website")
-                .await
-                .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))
-        })
+    INFRA_REF
+        .get_or_try_init(|| async { allow_infra_ref(cp) })
         .await?;
     Ok((cp, op))
 }
@@ -67,16 +48,7 @@ async fn explain(cp: &localcp::ControlPlane, target: &str, ns: &str) -> Result<E
 
 /// `wasmop explain` with the credentials of `kubeconfig`.
 async fn explain_as(kubeconfig: &std::path::Path, target: &str, ns: &str) -> Result<Explained> {
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    let bin = std::env::var_os("WASMOP_BIN")
-        .map_or_else(|| target_dir.join("debug/wasmop"), PathBuf::from);
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it first (`cargo build -p wasmop`)",
-            bin.display()
-        );
-    }
+    let bin = wasmop_e2e::wasmop_bin()?;
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("explain-cache");
     let out = tokio::process::Command::new(&bin)
         .args(["explain", target, "-n", ns, "--kubeconfig"])
@@ -92,24 +64,6 @@ async fn explain_as(kubeconfig: &std::path::Path, target: &str, ns: &str) -> Res
     };
     eprintln!("wasmop explain {target} -n {ns}\n{explained}");
     Ok(explained)
-}
-
-/// A namespace with `rbac` (a ServiceAccount, Role and RoleBinding) applied.
-async fn namespace_with(
-    cp: &localcp::ControlPlane,
-    client: &Client,
-    prefix: &str,
-    rbac: &str,
-) -> Result<String> {
-    let ns = localcp::create_test_namespace(client, prefix).await?;
-    kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], Some(rbac))?;
-    Ok(ns)
-}
-
-fn sample_rbac() -> Result<String> {
-    Ok(std::fs::read_to_string(
-        root().join("samples/website/rbac.yaml"),
-    )?)
 }
 
 /// Lets Websites carry `spec.infraRef` (the sample CRD prunes unknown spec fields). The control
@@ -171,9 +125,7 @@ async fn explain_names_a_missing_contract_field_and_a_missing_related_object() -
         related,
     )
     .await?;
-    wait_ready(&client, &ns, "website")
-        .await
-        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    wait_ready(&client, &ns, "website", op).await?;
 
     // The referenced object exists but lacks the contract field (a ConfigMap has no status).
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -257,9 +209,7 @@ subjects: [ { kind: ServiceAccount, name: limited } ]
         json!({"serviceAccountName": "limited"}),
     )
     .await?;
-    wait_ready(&client, &ns, "website")
-        .await
-        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    wait_ready(&client, &ns, "website", op).await?;
     create_website(&client, &ns, "site", json!({"content": "<p>x</p>"})).await?;
 
     let out = explain(cp, "Website/site", &ns).await?;
@@ -300,9 +250,7 @@ async fn explain_finds_nothing_blocking_once_a_website_has_converged() -> Result
         json!({}),
     )
     .await?;
-    wait_ready(&client, &ns, "website")
-        .await
-        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    wait_ready(&client, &ns, "website", op).await?;
     create_website(&client, &ns, "hello", json!({"content": "<h1>hi</h1>"})).await?;
 
     // Once the operator has applied everything, explain's plan matches the live objects.
@@ -381,9 +329,7 @@ subjects: [ { kind: ServiceAccount, name: viewer } ]
         json!({}),
     )
     .await?;
-    wait_ready(&client, &ns, "website")
-        .await
-        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    wait_ready(&client, &ns, "website", op).await?;
     create_website(&client, &ns, "site", json!({})).await?;
 
     // The admin kubeconfig, impersonating the viewer (kubeconfig `as`).

@@ -27,9 +27,7 @@ async fn website_children_follow_the_plugin_from_create_to_delete() -> Result<()
         json!({}),
     )
     .await?;
-    wait_ready(&client, &ns, "website")
-        .await
-        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    wait_ready(&client, &ns, "website", op).await?;
 
     // Children appear, owned by the parent, managed by this controller's field manager.
     create_website(&client, &ns, "hello", json!({"content": "<h1>hi</h1>"})).await?;
@@ -193,9 +191,7 @@ async fn editing_the_plugin_configmap_hot_reloads_and_deleting_the_controller_st
     let ns = team_namespace(cp, &client, "reload").await?;
     put_plugin(&client, &ns, "plugin", plugin("website-rust")).await?;
     apply_controller(&client, &ns, "site", "plugin", json!({}), json!({})).await?;
-    wait_ready(&client, &ns, "site")
-        .await
-        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    wait_ready(&client, &ns, "site", op).await?;
     create_website(&client, &ns, "one", json!({})).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -283,9 +279,7 @@ async fn bad_plugins_are_contained_reported_and_write_nothing() -> Result<()> {
     )
     .await?;
     for (mode, _) in cases {
-        wait_ready(&client, &ns, mode)
-            .await
-            .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+        wait_ready(&client, &ns, mode, op).await?;
     }
     create_website(&client, &ns, "target", json!({})).await?;
 
@@ -395,9 +389,7 @@ subjects: [ { kind: ServiceAccount, name: limited } ]
         json!({"serviceAccountName": "limited"}),
     )
     .await?;
-    wait_ready(&client, &ns, "website")
-        .await
-        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    wait_ready(&client, &ns, "website", op).await?;
     create_website(&client, &ns, "site", json!({"content": "<p>x</p>"})).await?;
 
     let (_, reason, message) = eventually(WAIT, "Degraded=True", || async {
@@ -458,9 +450,7 @@ roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: limited }
 subjects: [ { kind: ServiceAccount, name: nobody } ]
 "#;
     kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], Some(grant))?;
-    wait_ready(&client, &ns, "nobody")
-        .await
-        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(20)))?;
+    wait_ready(&client, &ns, "nobody", op).await?;
     Ok(())
 }
 
@@ -488,9 +478,9 @@ async fn the_rust_js_and_go_examples_make_the_same_children_and_status() -> Resu
             json!({}),
         )
         .await?;
-        wait_ready(&client, &ns, "website")
+        wait_ready(&client, &ns, "website", op)
             .await
-            .map_err(|e| anyhow!("{lang}: {e}\noperator log:\n{}", op.log_tail(40)))?;
+            .context(lang)?;
         create_website(&client, &ns, "site", spec.clone()).await?;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -558,9 +548,7 @@ async fn with_finalize_the_parent_waits_for_the_plugin_before_it_goes() -> Resul
         finalize,
     )
     .await?;
-    wait_ready(&client, &ns, "website")
-        .await
-        .map_err(|e| anyhow!("{e}\noperator log:\n{}", op.log_tail(40)))?;
+    wait_ready(&client, &ns, "website", op).await?;
     create_website(&client, &ns, "site", json!({})).await?;
 
     let finalizers = eventually(WAIT, "the controller's finalizer on the parent", || async {
