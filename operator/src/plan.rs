@@ -494,6 +494,9 @@ mod tests {
         }
     }
     fn run(response: Value, owned: &[Owned]) -> Result<Plan> {
+        run_as(response, owned, false)
+    }
+    fn run_as(response: Value, owned: &[Owned], finalizing: bool) -> Result<Plan> {
         let id = Identity::new("team-a", "website");
         let (p, k) = (parent(), kinds());
         let input = Input {
@@ -502,7 +505,7 @@ mod tests {
             child_kinds: &k,
             related: &[],
             owned,
-            finalizing: false,
+            finalizing,
         };
         plan(&input, serde_json::from_value(response).unwrap())
     }
@@ -642,21 +645,8 @@ mod tests {
 
     #[test]
     fn finalizing_neither_applies_nor_prunes_children() {
-        let id = Identity::new("team-a", "website");
-        let (p, k) = (parent(), kinds());
-        let input = Input {
-            identity: &id,
-            parent: &p,
-            child_kinds: &k,
-            related: &[],
-            owned: &[owned("x")],
-            finalizing: true,
-        };
-        let plan = plan(
-            &input,
-            serde_json::from_value(json!({"children": [cm("y")], "finalized": true})).unwrap(),
-        )
-        .unwrap();
+        let response = json!({"children": [cm("y")], "finalized": true});
+        let plan = run_as(response, &[owned("x")], true).unwrap();
         assert!(plan.children.is_empty() && plan.prune.is_empty() && plan.finalized);
     }
 
