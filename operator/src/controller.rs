@@ -507,9 +507,8 @@ async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &plan::Plan) -> Res
                 api_version: apply.target.api_version.clone(),
                 kind: apply.target.kind.clone(),
             });
-            kube::discovery::pinned_kind(&rt.client, &gvk)
+            related::resource_of(&rt.client, &gvk)
                 .await
-                .map(|(ar, _)| ar)
                 .map_err(|source| Error::Write {
                     action: "discovery",
                     target: apply.target.clone(),

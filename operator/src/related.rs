@@ -234,14 +234,42 @@ fn gvk_of(api_version: &str, kind: &str) -> GroupVersionKind {
 }
 
 async fn discover(client: &Client, name: &str, gvk: &GroupVersionKind) -> Result<ApiResource> {
-    kube::discovery::pinned_kind(client, gvk)
+    resource_of(client, gvk)
         .await
-        .map(|(ar, _)| ar)
         .map_err(|source| Error::Discovery {
             name: name.into(),
             gvk: format!("{}/{} {}", gvk.group, gvk.version, gvk.kind),
             source,
         })
+}
+
+/// How long a discovered kind is trusted before it is looked up again.
+const DISCOVERY_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The API resource serving `gvk`, from a process-wide cache: related objects and `apply`
+/// targets are resolved on every reconcile, and a discovery request each time is waste.
+///
+/// # Errors
+/// The kind is not served (not cached, so a CRD installed later is found).
+pub(crate) async fn resource_of(
+    client: &Client,
+    gvk: &GroupVersionKind,
+) -> Result<ApiResource, kube::Error> {
+    type Cache = std::sync::Mutex<
+        std::collections::HashMap<GroupVersionKind, (ApiResource, std::time::Instant)>,
+    >;
+    static CACHE: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(Default::default);
+    if let Some((ar, at)) = CACHE.lock().unwrap().get(gvk)
+        && at.elapsed() < DISCOVERY_TTL
+    {
+        return Ok(ar.clone());
+    }
+    let (ar, _) = kube::discovery::pinned_kind(client, gvk).await?;
+    CACHE
+        .lock()
+        .unwrap()
+        .insert(gvk.clone(), (ar.clone(), std::time::Instant::now()));
+    Ok(ar)
 }
 
 /// An object as a plugin sees it: with apiVersion/kind, without managedFields.
