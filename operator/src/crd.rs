@@ -1,6 +1,7 @@
 //! The `WasmController` custom resource (group `wasmop.dev`, version `v1alpha1`): its Rust
-//! types, the CRD generated from them (`wasmop crd`, committed as `crds/wasmcontroller.yaml`
-//! with a drift test), and the status conditions the operator reports.
+//! types, the CRD generated from them and the admission policy installed with it (`wasmop crd`,
+//! committed as `crds/wasmcontroller.yaml` with a drift test), and the status conditions the
+//! operator reports.
 //!
 //! Schema rules the API server can check (required fields, ranges, patterns, "exactly one of"
 //! as CEL `x-kubernetes-validations`) live here so a bad spec is rejected at `kubectl apply`
@@ -9,9 +10,12 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::{CustomResource, CustomResourceExt};
+use kube::{CustomResource, CustomResourceExt, Resource};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -60,6 +64,8 @@ pub struct WasmControllerSpec {
     pub plugin: PluginSpec,
     /// Every API read and write for this controller is made as this ServiceAccount of the
     /// WasmController's namespace: the plugin never has more power than the team's account.
+    /// Whoever creates the WasmController or changes its spec must be allowed to `impersonate`
+    /// this ServiceAccount (the admission policy installed with the CRD checks it).
     #[schemars(length(min = 1, max = 253))]
     pub service_account_name: String,
     /// How often every parent is reconciled even when nothing changed, e.g. `30s`, `5m`, `1h`.
@@ -113,7 +119,9 @@ pub struct RelatedSpec {
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub ref_: Option<String>,
-    /// With `ref`: the kinds a reference may name (a whole group when `kind` is empty).
+    /// With `ref`, required: the kinds a reference may name (a whole group when `kind` is
+    /// empty, `""` for the core group). References to any other kind are refused. List only
+    /// what the plugin needs: whatever a plugin can read it can copy into the parent's status.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_kinds: Vec<GroupKind>,
     /// With `ref`: contract field name -> JSONPath into the referenced object, e.g.
@@ -258,6 +266,11 @@ const CEL_RULES: &[(&[&str], &str, &str)] = &[
     ),
     (
         &["spec", "related", "[]"],
+        "!has(self.ref) || (has(self.allowedKinds) && size(self.allowedKinds) > 0)",
+        "spec.related[].allowedKinds: a ref entry must list the kinds its reference may name, e.g. allowedKinds: [{group: example.com, kind: Infra}] (references are denied by default: whatever the plugin can read it can copy into the parent's status)",
+    ),
+    (
+        &["spec", "related", "[]"],
         "!has(self.ref) || self.ref.startsWith('$')",
         "spec.related[].ref: must be a JSONPath starting with '$', e.g. $.spec.infrastructureRef",
     ),
@@ -265,6 +278,11 @@ const CEL_RULES: &[(&[&str], &str, &str)] = &[
         &["spec", "related"],
         "self.all(a, self.exists_one(b, a.name == b.name))",
         "spec.related: names must be unique",
+    ),
+    (
+        &["spec", "serviceAccountName"],
+        "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+        "spec.serviceAccountName: must be a ServiceAccount name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
     ),
     (
         &["spec", "children"],
@@ -323,11 +341,75 @@ fn strip_unknown_formats(node: &mut Value) {
     }
 }
 
-/// The CRD as YAML, as committed in `crds/wasmcontroller.yaml`.
-pub fn crd_yaml() -> String {
+/// Name of the admission policy and its binding installed with the CRD.
+pub const ACT_AS_POLICY: &str = "wasmop.dev-act-as-serviceaccount";
+
+/// Acting as a ServiceAccount needs the right to: the API server refuses to create a
+/// WasmController, or change its spec, unless its author may `impersonate` the ServiceAccount
+/// it names (a team account writing one through its plugin included). Without this, anyone who
+/// may write WasmControllers in a namespace could borrow the power of any account in it.
+///
+/// Metadata-only writes (the operator's finalizers, the garbage collector's ownerReferences)
+/// and status writes are never checked, so they cannot be blocked.
+pub fn act_as_policy() -> ValidatingAdmissionPolicy {
+    // CEL: who is refused, which account, and the Role rule that would allow it.
+    let message_expression = "'spec.serviceAccountName: ' + request.userInfo.username \
+        + ' may not act as ServiceAccount ' + request.namespace + '/' + object.spec.serviceAccountName \
+        + ': a WasmController makes every read and write as its ServiceAccount, so whoever writes its spec must be allowed to impersonate that account. Grant it with a Role in namespace ' + request.namespace \
+        + ' with the rule {apiGroups: [\"\"], resources: [serviceaccounts], resourceNames: [' + object.spec.serviceAccountName + '], verbs: [impersonate]}' \
+        + ' bound to ' + request.userInfo.username + ', or name a ServiceAccount you may impersonate'";
+    serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": ACT_AS_POLICY},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [WasmController::group(&())],
+                "apiVersions": ["*"],
+                "operations": ["CREATE", "UPDATE"],
+                "resources": [WasmController::plural(&())], // not the status subresource
+            }]},
+            "matchConditions": [{
+                "name": "spec-written",
+                "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
+            }],
+            "validations": [{
+                "expression": "authorizer.group('').resource('serviceaccounts').namespace(request.namespace).name(object.spec.serviceAccountName).check('impersonate').allowed()",
+                "message": "spec.serviceAccountName: you may not act as this ServiceAccount: whoever writes a WasmController's spec needs the impersonate verb on its ServiceAccount (a Role rule {apiGroups: [\"\"], resources: [serviceaccounts], resourceNames: [NAME], verbs: [impersonate]}), or must name one they may impersonate",
+                "messageExpression": message_expression,
+                "reason": "Forbidden",
+            }],
+        }
+    }))
+    .expect("static policy")
+}
+
+/// Enforces [`act_as_policy`] everywhere.
+pub fn act_as_policy_binding() -> ValidatingAdmissionPolicyBinding {
+    serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": ACT_AS_POLICY},
+        "spec": {"policyName": ACT_AS_POLICY, "validationActions": ["Deny"]},
+    }))
+    .expect("static binding")
+}
+
+/// Everything `crds/wasmcontroller.yaml` installs, as printed by `wasmop crd`: the CRD, the
+/// [`act_as_policy`] and its binding, as one multi-document YAML.
+pub fn install_yaml() -> String {
+    let docs = [
+        serde_yaml::to_string(&crd()),
+        serde_yaml::to_string(&act_as_policy()),
+        serde_yaml::to_string(&act_as_policy_binding()),
+    ]
+    .map(|doc| doc.expect("manifests serialise"));
     format!(
-        "# Generated by `wasmop crd` from operator/src/crd.rs; do not edit.\n{}",
-        serde_yaml::to_string(&crd()).expect("CRD serialises")
+        "# Generated by `wasmop crd` from operator/src/crd.rs; do not edit.\n\
+         # The WasmController CRD, and the admission policy (with its binding) that lets only\n\
+         # those who may impersonate a ServiceAccount name it in spec.serviceAccountName.\n{}",
+        docs.join("---\n")
     )
 }
 
@@ -339,9 +421,69 @@ mod tests {
     fn committed_crd_matches_the_rust_types() {
         let committed = include_str!("../../crds/wasmcontroller.yaml");
         assert!(
-            committed == crd_yaml(),
+            committed == install_yaml(),
             "crds/wasmcontroller.yaml is stale: run `make crds` (cargo run -p wasmop -- crd > crds/wasmcontroller.yaml)"
         );
+    }
+
+    #[test]
+    fn the_install_yaml_is_the_crd_then_the_policy_then_its_binding() {
+        let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&install_yaml())
+            .map(|doc| {
+                let doc = Value::deserialize(doc).expect("each document parses");
+                format!(
+                    "{} {}",
+                    doc["kind"].as_str().unwrap(),
+                    doc["metadata"]["name"]
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "CustomResourceDefinition \"wasmcontrollers.wasmop.dev\"",
+                "ValidatingAdmissionPolicy \"wasmop.dev-act-as-serviceaccount\"",
+                "ValidatingAdmissionPolicyBinding \"wasmop.dev-act-as-serviceaccount\"",
+            ]
+        );
+    }
+
+    /// The policy is written as JSON and read into the k8s-openapi types, which drop unknown
+    /// fields: check every field survived.
+    #[test]
+    fn the_act_as_policy_checks_impersonate_on_spec_writes_only() {
+        let policy = serde_json::to_value(act_as_policy()).unwrap();
+        let spec = &policy["spec"];
+        assert_eq!(spec["failurePolicy"], "Fail");
+        assert_eq!(
+            spec["matchConstraints"]["resourceRules"],
+            json!([{"apiGroups": ["wasmop.dev"], "apiVersions": ["*"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["wasmcontrollers"]}])
+        );
+        assert_eq!(
+            spec["matchConditions"][0]["expression"],
+            "request.operation == 'CREATE' || object.spec != oldObject.spec"
+        );
+        let validation = &spec["validations"][0];
+        assert!(
+            validation["expression"]
+                .as_str()
+                .unwrap()
+                .ends_with(".name(object.spec.serviceAccountName).check('impersonate').allowed()")
+        );
+        for key in ["message", "messageExpression"] {
+            assert!(
+                validation[key]
+                    .as_str()
+                    .unwrap()
+                    .contains("verbs: [impersonate]"),
+                "{key} names the fix"
+            );
+        }
+        assert_eq!(validation["reason"], "Forbidden");
+        let binding = serde_json::to_value(act_as_policy_binding()).unwrap();
+        assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+        assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
     }
 
     #[test]

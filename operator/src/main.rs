@@ -39,7 +39,9 @@ enum Command {
         #[arg(long, env = "WASMOP_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
         log_format: String,
     },
-    /// Print the WasmController CRD (YAML), as committed in crds/.
+    /// Print what installs wasmop's API (YAML, as committed in crds/): the WasmController CRD
+    /// and the admission policy that lets only those who may impersonate a ServiceAccount
+    /// name it in spec.serviceAccountName.
     Crd,
     /// Print the plugin ABI's JSON Schema.
     Schema,
@@ -193,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
             wasmop::run(opts, shutdown_signal()).await
         }
         Command::Crd => {
-            print!("{}", wasmop::crd::crd_yaml());
+            print!("{}", wasmop::crd::install_yaml());
             Ok(())
         }
         Command::Js {

@@ -115,7 +115,7 @@ async fn explain_names_a_missing_contract_field_and_a_missing_related_object() -
     let client = cp.client().await?;
     let ns = namespace_with(cp, &client, "explain-related", &sample_rbac()?).await?;
     put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-    let related = json!({"related": [{"name": "infra", "ref": "$.spec.infraRef", "contract": {"ready": "$.status.ready"}}]});
+    let related = json!({"related": [{"name": "infra", "ref": "$.spec.infraRef", "allowedKinds": [{"group": "", "kind": "ConfigMap"}], "contract": {"ready": "$.status.ready"}}]});
     apply_controller(
         &client,
         &ns,
