@@ -24,7 +24,7 @@ pub enum Error {
         message: String,
     },
     #[error(
-        "spec.related[{name}]: reference {found} names kind {kind} in group {group:?}, which spec.related[{name}].allowedKinds does not allow"
+        "spec.related[{name}]: reference {found} names kind {kind} in group {group:?}, which spec.related[{name}].allowedKinds does not list (references are denied unless their kind is listed); add {{group: {group:?}, kind: {kind}}} to allowedKinds if the plugin should read it"
     )]
     KindNotAllowed {
         name: String,
@@ -101,7 +101,7 @@ pub async fn resolve(
     let (Some(api_version), Some(kind)) = (&spec.api_version, &spec.kind) else {
         return Ok((Related::default(), None)); // ruled out by the CRD's CEL rules
     };
-    let gvk = gvk_of(api_version, kind);
+    let gvk = crate::kinds::gvk(api_version, kind);
     let resource = discover(client, &spec.name, &gvk).await?;
     let mut params = ListParams::default();
     if let Some(selector) = &spec.selector {
@@ -116,7 +116,7 @@ pub async fn resolve(
     let mut objects: Vec<Value> = list
         .items
         .into_iter()
-        .map(|o| clean(o, &resource))
+        .map(|o| crate::kinds::clean(o, &resource))
         .collect();
     objects.sort_by(|a, b| {
         a["metadata"]["name"]
@@ -169,12 +169,12 @@ async fn resolve_ref(
             namespace: namespace.into(),
         });
     }
-    let gvk = gvk_of(&api_version, &kind);
-    let allowed = spec.allowed_kinds.is_empty()
-        || spec
-            .allowed_kinds
-            .iter()
-            .any(|a| a.group == gvk.group && a.kind.as_ref().is_none_or(|k| *k == kind));
+    let gvk = crate::kinds::gvk(&api_version, &kind);
+    // Deny by default: an empty list allows nothing (the CRD requires one entry with `ref`).
+    let allowed = spec
+        .allowed_kinds
+        .iter()
+        .any(|a| a.group == gvk.group && a.kind.as_ref().is_none_or(|k| *k == kind));
     if !allowed {
         return Err(Error::KindNotAllowed {
             name: spec.name.clone(),
@@ -199,7 +199,7 @@ async fn resolve_ref(
     else {
         return Ok((missing_all(format!("{found} does not exist")), None));
     };
-    let obj = clean(obj, &resource);
+    let obj = crate::kinds::clean(obj, &resource);
     let mut contract = BTreeMap::new();
     let mut missing = Vec::new();
     for (field, path) in &spec.contract {
@@ -228,58 +228,14 @@ async fn resolve_ref(
     ))
 }
 
-fn gvk_of(api_version: &str, kind: &str) -> GroupVersionKind {
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    GroupVersionKind::gvk(group, version, kind)
-}
-
 async fn discover(client: &Client, name: &str, gvk: &GroupVersionKind) -> Result<ApiResource> {
-    resource_of(client, gvk)
+    crate::kinds::resource_of(client, gvk)
         .await
         .map_err(|source| Error::Discovery {
             name: name.into(),
             gvk: format!("{}/{} {}", gvk.group, gvk.version, gvk.kind),
             source,
         })
-}
-
-/// How long a discovered kind is trusted before it is looked up again.
-const DISCOVERY_TTL: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// The API resource serving `gvk`, from a process-wide cache: related objects and `apply`
-/// targets are resolved on every reconcile, and a discovery request each time is waste.
-///
-/// # Errors
-/// The kind is not served (not cached, so a CRD installed later is found).
-pub(crate) async fn resource_of(
-    client: &Client,
-    gvk: &GroupVersionKind,
-) -> Result<ApiResource, kube::Error> {
-    type Cache = std::sync::Mutex<
-        std::collections::HashMap<GroupVersionKind, (ApiResource, std::time::Instant)>,
-    >;
-    static CACHE: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(Default::default);
-    if let Some((ar, at)) = CACHE.lock().unwrap().get(gvk)
-        && at.elapsed() < DISCOVERY_TTL
-    {
-        return Ok(ar.clone());
-    }
-    let (ar, _) = kube::discovery::pinned_kind(client, gvk).await?;
-    CACHE
-        .lock()
-        .unwrap()
-        .insert(gvk.clone(), (ar.clone(), std::time::Instant::now()));
-    Ok(ar)
-}
-
-/// An object as a plugin sees it: with apiVersion/kind, without managedFields.
-pub fn clean(mut obj: DynamicObject, resource: &ApiResource) -> Value {
-    obj.types = Some(kube::core::TypeMeta {
-        api_version: resource.api_version.clone(),
-        kind: resource.kind.clone(),
-    });
-    obj.metadata.managed_fields = None;
-    serde_json::to_value(obj).expect("objects serialise")
 }
 
 fn selector_string(
@@ -313,6 +269,58 @@ mod tests {
         let obj = json!({"status": {"ready": true, "address": "10.0.0.1"}});
         assert_eq!(first(&obj, "$.status.ready"), Some(json!(true)));
         assert_eq!(first(&obj, "$.status.missing"), None);
+    }
+
+    /// A client to a port nothing listens on: the kind check comes before any request.
+    fn unreachable_client() -> Client {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        Client::try_from(config).unwrap()
+    }
+
+    fn ref_entry(allowed_kinds: Vec<crate::crd::GroupKind>) -> RelatedSpec {
+        RelatedSpec {
+            name: "infra".into(),
+            ref_: Some("$.spec.infraRef".into()),
+            allowed_kinds,
+            contract: BTreeMap::new(),
+            api_version: None,
+            kind: None,
+            selector: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reference_is_denied_unless_its_kind_is_listed_in_allowed_kinds() {
+        let client = unreachable_client();
+        let parent =
+            json!({"spec": {"infraRef": {"apiVersion": "v1", "kind": "Secret", "name": "db"}}});
+        let configmaps = crate::crd::GroupKind {
+            group: String::new(),
+            kind: Some("ConfigMap".into()),
+        };
+        for (what, allowed) in [
+            ("empty allowedKinds", vec![]),
+            ("another kind", vec![configmaps]),
+        ] {
+            let err = resolve(&client, &ref_entry(allowed), &parent, "team-a")
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::KindNotAllowed { .. }), "{what}: {err}");
+            assert!(
+                err.to_string()
+                    .contains("spec.related[infra].allowedKinds does not list"),
+                "{what}: {err}"
+            );
+        }
+        // A listed kind gets past the check (and on to discovery, which fails here).
+        let core = crate::crd::GroupKind {
+            group: String::new(),
+            kind: None,
+        };
+        let err = resolve(&client, &ref_entry(vec![core]), &parent, "team-a")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Discovery { .. }), "{err}");
     }
 
     #[test]
