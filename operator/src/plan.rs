@@ -8,7 +8,9 @@
 //!   [`Error::Invalid`] listing every problem (with its JSON path and the fix), and no writes.
 //! - A child can only be of a declared kind, in the parent's namespace; it is given a
 //!   controller ownerReference to the parent and the `wasmop.dev/controller` label, so pruning
-//!   can never delete what this controller did not create.
+//!   can never delete what this controller did not create. (Whether an existing object of that
+//!   name is ours to write is decided against the live object by the controller.)
+//! - Children come out in write order: kinds others depend on first ([`KIND_ORDER`]).
 //! - `apply` patches may only target the parent or a related object resolved for this call.
 
 use std::collections::BTreeSet;
@@ -66,7 +68,9 @@ pub struct Owned {
 pub struct Identity {
     /// The WasmController's name.
     pub controller: String,
-    /// SSA field manager, `wasmop.dev/<namespace>.<name>`.
+    /// SSA field manager and Event reporting controller, `wasmop.dev/<id>` where `<id>` is
+    /// `<namespace>.<name>` shortened to 63 characters with a hash (Kubernetes allows 128
+    /// bytes for a field manager and a 63-character name part in a reporting controller).
     pub field_manager: String,
 }
 
@@ -74,8 +78,17 @@ impl Identity {
     pub fn new(namespace: &str, name: &str) -> Self {
         Identity {
             controller: name.into(),
-            field_manager: format!("wasmop.dev/{namespace}.{name}"),
+            field_manager: format!(
+                "wasmop.dev/{}",
+                short_name(&format!("{namespace}.{name}"), 63)
+            ),
         }
+    }
+
+    /// The field manager of this controller's finalizer on parents (its own, so an `apply`
+    /// patch the plugin sends to the parent can never drop the finalizer by omission).
+    pub fn finalizer_manager(&self) -> String {
+        format!("{}-finalizer", self.field_manager)
     }
 
     /// The `wasmop.dev/controller` label value (label values are at most 63 characters).
@@ -173,84 +186,139 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
     let mut problems = Vec::new();
     let mut bad = |path: String, message: String| problems.push(Problem { path, message });
 
-    let mut children = Vec::new();
-    let mut desired = BTreeSet::new();
-    if !input.finalizing {
-        for (i, child) in response.children.into_iter().enumerate() {
-            let path = format!("children[{i}]");
-            let Some((target, mut body)) = object_ref(child, &parent.namespace, &path, &mut bad)
-            else {
-                continue;
-            };
-            let declared = input
-                .child_kinds
-                .iter()
-                .any(|k| k.api_version == target.api_version && k.kind == target.kind);
-            if !declared {
-                bad(
-                    format!("{path}.kind"),
-                    format!(
-                        "{} {} is not declared in spec.children: add {{apiVersion: {}, kind: {}}} to spec.children or stop returning it",
-                        target.kind, target.api_version, target.api_version, target.kind
-                    ),
-                );
-                continue;
-            }
-            if !desired.insert((
-                target.api_version.clone(),
-                target.kind.clone(),
-                target.name.clone(),
-            )) {
-                bad(
-                    format!("{path}.metadata.name"),
-                    format!(
-                        "duplicate child {} {}: each child must be returned once",
-                        target.kind, target.name
-                    ),
-                );
-                continue;
-            }
-            if body["metadata"].get("ownerReferences").is_some() {
-                bad(
-                    format!("{path}.metadata.ownerReferences"),
-                    "remove it: wasmop sets the ownerReference to the parent itself".into(),
-                );
-                continue;
-            }
-            let meta = body["metadata"]
-                .as_object_mut()
-                .expect("checked by object_ref");
-            meta.insert(
-                "ownerReferences".into(),
-                json!([{
-                    "apiVersion": input.parent["apiVersion"], "kind": input.parent["kind"],
-                    "name": parent.name, "uid": uid, "controller": true, "blockOwnerDeletion": true,
-                }]),
-            );
-            let labels = meta.entry("labels").or_insert_with(|| json!({}));
-            match labels.as_object_mut() {
-                Some(labels) => {
-                    labels.insert(
-                        CONTROLLER_LABEL.into(),
-                        Value::String(input.identity.label_value()),
-                    );
-                }
-                None => bad(
-                    format!("{path}.metadata.labels"),
-                    "must be an object of strings".into(),
-                ),
-            }
-            children.push(Apply { target, body });
-        }
+    let (children, desired) = if input.finalizing {
+        (Vec::new(), BTreeSet::new()) // children are neither applied nor pruned
+    } else {
+        plan_children(input, &parent, uid, response.children, &mut bad)
+    };
+    let patches = plan_patches(input, &parent, response.apply, &mut bad);
+    let status = plan_status(input, &parent, response.status, &mut bad);
+    check_events(&response.events, &mut bad);
+    if !problems.is_empty() {
+        return Err(Error::Invalid { problems });
     }
 
-    let mut patches = Vec::new();
-    for (i, patch) in response.apply.into_iter().enumerate() {
-        let path = format!("apply[{i}]");
-        let Some((target, body)) = object_ref(patch, &parent.namespace, &path, &mut bad) else {
+    let prune = if input.finalizing {
+        Vec::new()
+    } else {
+        input
+            .owned
+            .iter()
+            .filter(|o| !desired.contains(&key(&o.target)))
+            .cloned()
+            .collect()
+    };
+    Ok(Plan {
+        children,
+        prune,
+        patches,
+        status,
+        events: response.events,
+        requeue_after: response
+            .requeue_after_seconds
+            .map(|s| Duration::from_secs(s).min(MAX_REQUEUE)),
+        finalized: response.finalized,
+    })
+}
+
+/// A child's identity within the parent's namespace: (apiVersion, kind, name).
+type ChildKey = (String, String, String);
+
+fn key(target: &ObjRef) -> ChildKey {
+    (
+        target.api_version.clone(),
+        target.kind.clone(),
+        target.name.clone(),
+    )
+}
+
+/// Validates the desired children and gives each the ownerReference and label. Returns them
+/// in write order, and the set of desired child keys (everything else owned is pruned).
+fn plan_children(
+    input: &Input<'_>,
+    parent: &ObjRef,
+    uid: &str,
+    returned: Vec<Value>,
+    bad: &mut impl FnMut(String, String),
+) -> (Vec<Apply>, BTreeSet<ChildKey>) {
+    let mut children = Vec::new();
+    let mut desired = BTreeSet::new();
+    for (i, child) in returned.into_iter().enumerate() {
+        let path = format!("children[{i}]");
+        let Some((target, mut body)) = object_ref(child, &parent.namespace, &path, bad) else {
             continue;
         };
-        if target != parent && !input.related.contains(&target) {
+        let declared = input
+            .child_kinds
+            .iter()
+            .any(|k| k.api_version == target.api_version && k.kind == target.kind);
+        if !declared {
+            bad(
+                format!("{path}.kind"),
+                format!(
+                    "{} {} is not declared in spec.children: add {{apiVersion: {}, kind: {}}} to spec.children or stop returning it",
+                    target.kind, target.api_version, target.api_version, target.kind
+                ),
+            );
+            continue;
+        }
+        if !desired.insert(key(&target)) {
+            bad(
+                format!("{path}.metadata.name"),
+                format!(
+                    "duplicate child {} {}: each child must be returned once",
+                    target.kind, target.name
+                ),
+            );
+            continue;
+        }
+        if let Err(message) = strip_parent_owner_reference(&mut body, uid) {
+            bad(format!("{path}.metadata.ownerReferences"), message);
+            continue;
+        }
+        let meta = body["metadata"]
+            .as_object_mut()
+            .expect("checked by object_ref");
+        meta.insert(
+            "ownerReferences".into(),
+            json!([{
+                "apiVersion": input.parent["apiVersion"], "kind": input.parent["kind"],
+                "name": parent.name, "uid": uid, "controller": true, "blockOwnerDeletion": true,
+            }]),
+        );
+        let labels = meta.entry("labels").or_insert_with(|| json!({}));
+        match labels.as_object_mut() {
+            Some(labels) => {
+                labels.insert(
+                    CONTROLLER_LABEL.into(),
+                    Value::String(input.identity.label_value()),
+                );
+            }
+            None => bad(
+                format!("{path}.metadata.labels"),
+                "must be an object of strings".into(),
+            ),
+        }
+        children.push(Apply { target, body });
+    }
+    children.sort_by_key(|c| kind_order(&c.target.kind)); // stable: otherwise response order
+    (children, desired)
+}
+
+/// Validates `apply` patches: only to the parent (not its status) or a related object.
+fn plan_patches(
+    input: &Input<'_>,
+    parent: &ObjRef,
+    returned: Vec<Value>,
+    bad: &mut impl FnMut(String, String),
+) -> Vec<Apply> {
+    let mut patches = Vec::new();
+    for (i, patch) in returned.into_iter().enumerate() {
+        let path = format!("apply[{i}]");
+        let Some((target, body)) = object_ref(patch, &parent.namespace, &path, bad) else {
+            continue;
+        };
+        if target != *parent && !input.related.contains(&target) {
             bad(
                 path,
                 format!(
@@ -260,7 +328,7 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
             );
             continue;
         }
-        if body.get("status").is_some() && target == parent {
+        if body.get("status").is_some() && target == *parent {
             bad(
                 format!("{path}.status"),
                 "set the parent's status with the top-level `status` field instead".into(),
@@ -269,8 +337,17 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
         }
         patches.push(Apply { target, body });
     }
+    patches
+}
 
-    let status = match response.status {
+/// Wraps the returned status for the parent's status subresource.
+fn plan_status(
+    input: &Input<'_>,
+    parent: &ObjRef,
+    returned: Option<Value>,
+    bad: &mut impl FnMut(String, String),
+) -> Option<Apply> {
+    match returned {
         None => None,
         Some(Value::Object(status)) => Some(Apply {
             target: parent.clone(),
@@ -287,9 +364,11 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
             );
             None
         }
-    };
+    }
+}
 
-    for (i, ev) in response.events.iter().enumerate() {
+fn check_events(events: &[Event], bad: &mut impl FnMut(String, String)) {
+    for (i, ev) in events.iter().enumerate() {
         let reason_ok = !ev.reason.is_empty()
             && ev.reason.len() <= 128
             && ev
@@ -314,38 +393,48 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
             );
         }
     }
+}
 
-    if !problems.is_empty() {
-        return Err(Error::Invalid { problems });
-    }
+/// Kinds other children commonly depend on, in the order they are written (what Helm does
+/// too); every other kind follows in the order the plugin returned it.
+const KIND_ORDER: &[&str] = &[
+    "ServiceAccount",
+    "Secret",
+    "ConfigMap",
+    "PersistentVolumeClaim",
+    "Role",
+    "RoleBinding",
+    "Service",
+];
 
-    let prune = if input.finalizing {
-        Vec::new()
-    } else {
-        input
-            .owned
-            .iter()
-            .filter(|o| {
-                !desired.contains(&(
-                    o.target.api_version.clone(),
-                    o.target.kind.clone(),
-                    o.target.name.clone(),
-                ))
-            })
-            .cloned()
-            .collect()
+fn kind_order(kind: &str) -> usize {
+    KIND_ORDER
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(KIND_ORDER.len())
+}
+
+/// Accepts a child echoed back with its ownerReference to this parent (wasmop sets it again)
+/// and rejects any other ownerReference.
+fn strip_parent_owner_reference(body: &mut Value, parent_uid: &str) -> Result<(), String> {
+    let Some(refs) = body["metadata"].get("ownerReferences") else {
+        return Ok(());
     };
-    Ok(Plan {
-        children,
-        prune,
-        patches,
-        status,
-        events: response.events,
-        requeue_after: response
-            .requeue_after_seconds
-            .map(|s| Duration::from_secs(s).min(MAX_REQUEUE)),
-        finalized: response.finalized,
-    })
+    let only_parent = refs
+        .as_array()
+        .is_some_and(|refs| refs.iter().all(|r| r["uid"].as_str() == Some(parent_uid)));
+    if !only_parent {
+        return Err(
+            "only an ownerReference to this parent may be returned (wasmop sets it \
+             itself): remove the others"
+                .into(),
+        );
+    }
+    body["metadata"]
+        .as_object_mut()
+        .expect("checked by object_ref")
+        .remove("ownerReferences");
+    Ok(())
 }
 
 fn parent_ref(parent: &Value) -> Result<ObjRef> {
@@ -597,8 +686,8 @@ mod tests {
                 "apply[0].status: set the parent's status with the top-level `status` field",
             ),
             (
-                json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "ownerReferences": []}}]}),
-                "children[0].metadata.ownerReferences: remove it",
+                json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "ownerReferences": [{"uid": "other"}]}}]}),
+                "children[0].metadata.ownerReferences: only an ownerReference to this parent",
             ),
         ];
         for (response, expected) in cases {
@@ -655,5 +744,64 @@ mod tests {
         let id = Identity::new("ns", &"a".repeat(100));
         assert_eq!(id.label_value().len(), 63);
         assert!(id.finalizer().len() <= "wasmop.dev/".len() + 63);
+    }
+
+    #[test]
+    fn field_managers_and_reporters_fit_kubernetes_limits_for_the_longest_names() {
+        let long = Identity::new(&"n".repeat(63), &"w".repeat(253));
+        let (prefix, name) = long.field_manager.split_once('/').unwrap();
+        assert_eq!(prefix, "wasmop.dev");
+        assert!(name.len() <= 63, "reporting controller name part: {name}");
+        assert!(long.finalizer_manager().len() <= 128);
+        let other = Identity::new(&"n".repeat(63), &format!("{}x", "w".repeat(252)));
+        assert_ne!(
+            long.field_manager, other.field_manager,
+            "shortening keeps ids distinct"
+        );
+        assert_eq!(Identity::new("a", "b").field_manager, "wasmop.dev/a.b");
+    }
+
+    #[test]
+    fn an_echoed_child_with_its_owner_reference_to_this_parent_is_accepted() {
+        let mut child = cm("a");
+        child["metadata"]["ownerReferences"] = json!([{"apiVersion": "example.com/v1",
+            "kind": "Website", "name": "site", "uid": "u-1", "controller": true}]);
+        child["metadata"]["managedFields"] = json!([{"manager": "x"}]);
+        let plan = run(json!({"children": [child]}), &[owned("a")]).unwrap();
+        let refs = &plan.children[0].body["metadata"]["ownerReferences"];
+        assert_eq!(refs.as_array().unwrap().len(), 1);
+        assert_eq!(refs[0]["uid"], "u-1");
+        assert!(plan.prune.is_empty());
+    }
+
+    #[test]
+    fn children_are_written_dependencies_first_then_in_response_order() {
+        let child = |kind: &str, name: &str| json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}});
+        let id = Identity::new("team-a", "website");
+        let kinds: Vec<KindRef> = ["Pod", "ServiceAccount", "ConfigMap", "Service"]
+            .iter()
+            .map(|k| KindRef {
+                api_version: "v1".into(),
+                kind: (*k).into(),
+            })
+            .collect();
+        let p = parent();
+        let input = Input {
+            identity: &id,
+            parent: &p,
+            child_kinds: &kinds,
+            related: &[],
+            owned: &[],
+            finalizing: false,
+        };
+        let response = json!({"children": [child("Pod", "b"), child("Service", "s"), child("Pod", "a"),
+                                           child("ConfigMap", "c"), child("ServiceAccount", "sa")]});
+        let plan = plan(&input, serde_json::from_value(response).unwrap()).unwrap();
+        let order: Vec<_> = plan
+            .children
+            .iter()
+            .map(|c| c.target.name.as_str())
+            .collect();
+        assert_eq!(order, ["sa", "c", "s", "b", "a"]);
     }
 }

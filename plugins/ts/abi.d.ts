@@ -65,8 +65,10 @@ export interface Related {
 /** What the plugin wants. The whole response is validated before anything is written. */
 export interface ReconcileResponse {
   /**
-   * The complete desired set of children. Each is server-side applied with a controller
-   * ownerReference to the parent; owned children missing from this list are deleted.
+   * The complete desired set of children, each with a controller ownerReference to the
+   * parent (created if missing, server-side applied if this controller already owns it; an
+   * existing object that is not ours fails the reconcile with ChildConflict). Owned
+   * children missing from this list are deleted.
    */
   children?: Unstructured[];
   /** Applied to the parent's status subresource (server-side apply); null leaves it alone. */

@@ -87,8 +87,10 @@ pub struct Related {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReconcileResponse {
-    /// The complete desired set of children. Each is server-side applied with a controller
-    /// ownerReference to the parent; owned children missing from this list are deleted.
+    /// The complete desired set of children, each with a controller ownerReference to the
+    /// parent (created if missing, server-side applied if this controller already owns it; an
+    /// existing object that is not ours fails the reconcile with ChildConflict). Owned
+    /// children missing from this list are deleted.
     #[serde(default)]
     pub children: Vec<Value>,
     /// Applied to the parent's status subresource (server-side apply); null leaves it alone.
