@@ -7,42 +7,43 @@
 //! changes. [`run`] drives it with a kube-runtime `Controller` over the shared watches.
 //!
 //! # Guarantees
-//! - Nothing is written for an invalid response, and every write of a valid one is first sent
-//!   as a server-side dry run: a response the API server would reject (schema, admission,
-//!   RBAC) writes nothing at all.
-//! - A steady-state reconcile writes nothing: an apply is skipped when the live object is
-//!   still exactly the one our last identical apply produced (same resourceVersion), and the
-//!   API server treats any identical apply as a no-op anyway.
+//! - Nothing is written for an invalid response; how a valid one is written (ownership of
+//!   children, dry run, write order) is `execute.rs`.
+//! - Deleting a parent, turning `finalize` off or annotating a parent to skip it never leaves
+//!   this controller's finalizer behind (`finalizers.rs`).
+//! - A parent that is gone is forgotten: its failure leaves `Degraded`, its per-parent state
+//!   is evicted.
 //! - Failures requeue the parent with exponential backoff and are reported on the
 //!   WasmController's `Degraded` condition and as a Warning event on the parent.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
-use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::{Value, json};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use wasmop_abi::{
-    ABI_VERSION, ControllerInfo, EventType, FINALIZE_EXPORT, RECONCILE_EXPORT, ReconcileRequest,
+    ABI_VERSION, ControllerInfo, FINALIZE_EXPORT, RECONCILE_EXPORT, ReconcileRequest,
     ReconcileResponse,
 };
 
 use crate::access::{self, Access};
 use crate::crd::{KindRef, WasmControllerSpec};
+use crate::execute::{self, ADOPT_ANNOTATION, AppliedByTarget, Conflict, DEPENDENCY_RETRY};
+use crate::finalizers::{self, Finalizers, SKIP_ANNOTATION};
 use crate::metrics::Metrics;
-use crate::plan::{self, Apply, Identity, ObjRef, Owned};
+use crate::plan::{self, Identity, ObjRef, Owned};
 use crate::plugin::{self, LoadedPlugin};
-use crate::related;
 use crate::watches::SharedKind;
+use crate::{kinds, related};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -70,6 +71,49 @@ pub enum Error {
     },
     #[error("{target} is not a declared child or related kind, so it cannot be written")]
     UnknownKind { target: ObjRef },
+    #[error("children[{target}] cannot be sent to the API server: {source}")]
+    BadChild {
+        target: ObjRef,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "nothing was written: {}. wasmop never takes over an object it did not create: rename the child or remove the other object{}",
+        list(conflicts),
+        adopt_hint(controller, conflicts)
+    )]
+    ChildConflict {
+        controller: String,
+        conflicts: Vec<Conflict>,
+    },
+    #[error(
+        "wrote the first {written} write(s); the next waits for a child created in this round: {source}"
+    )]
+    WaitingForDependencies {
+        written: usize,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error(transparent)]
+    Finalizer(#[from] finalizers::Error),
+}
+
+fn list(conflicts: &[Conflict]) -> String {
+    conflicts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn adopt_hint(controller: &str, conflicts: &[Conflict]) -> String {
+    if conflicts.iter().any(|c| c.adoptable) {
+        format!(
+            ", or, to hand an uncontrolled object over, annotate it {ADOPT_ANNOTATION}={controller}"
+        )
+    } else {
+        String::new()
+    }
 }
 
 impl Error {
@@ -82,7 +126,10 @@ impl Error {
                 "invalid_output"
             }
             Error::Related(_) => "related",
-            Error::Write { .. } => "write_failed",
+            Error::Write { .. } | Error::Finalizer(_) => "write_failed",
+            Error::BadChild { .. } => "invalid_output",
+            Error::ChildConflict { .. } => "child_conflict",
+            Error::WaitingForDependencies { .. } => "waiting_for_dependencies",
         }
     }
 
@@ -95,7 +142,10 @@ impl Error {
                 "InvalidResponse"
             }
             Error::Related(_) => "RelatedUnavailable",
-            Error::Write { .. } => "WriteRejected",
+            Error::Write { .. } | Error::Finalizer(_) => "WriteRejected",
+            Error::BadChild { .. } => "InvalidResponse",
+            Error::ChildConflict { .. } => "ChildConflict",
+            Error::WaitingForDependencies { .. } => "WaitingForDependencies",
         }
     }
 
@@ -106,6 +156,7 @@ impl Error {
                 | Error::InvalidOutput { .. }
                 | Error::Plan(_)
                 | Error::UnknownKind { .. }
+                | Error::BadChild { .. }
         )
     }
 }
@@ -117,9 +168,6 @@ pub struct ChildKind {
     pub kind: KindRef,
     pub watch: Arc<SharedKind>,
 }
-
-/// What an apply last produced: (hash of the body we sent, resourceVersion it resulted in).
-type AppliedAs = (u64, String);
 
 /// The last failure of a parent, for status conditions.
 #[derive(Clone, Debug, PartialEq)]
@@ -142,9 +190,11 @@ pub struct Runtime {
     pub access: Arc<Access>,
     pub metrics: Metrics,
     pub resync: Duration,
-    recorder: Recorder,
-    /// What we last applied, by target: (hash of the body, resourceVersion it produced).
-    applied: Mutex<HashMap<(ObjRef, &'static str), AppliedAs>>,
+    /// This controller's finalizer on parents.
+    pub finalizers: Finalizers,
+    pub(crate) recorder: Recorder,
+    /// Per parent: what we last applied, by target (hash of the body, resourceVersion).
+    pub(crate) applied: Mutex<HashMap<String, AppliedByTarget>>,
     backoff: Mutex<HashMap<String, Box<dyn Iterator<Item = Duration> + Send>>>,
     /// Current failures by parent name; the manager reports them on the WasmController.
     pub failures: Mutex<BTreeMap<String, Failure>>,
@@ -158,6 +208,7 @@ impl Runtime {
         name: String,
         spec: WasmControllerSpec,
         client: Client,
+        operator: Client,
         parent: Arc<SharedKind>,
         children: Vec<ChildKind>,
         plugin: Arc<LoadedPlugin>,
@@ -172,6 +223,13 @@ impl Runtime {
             instance: std::env::var("POD_NAME").ok(),
         };
         let recorder = Recorder::new(client.clone(), reporter);
+        let finalizers = Finalizers {
+            resource: parent.resource.clone(),
+            namespace: namespace.clone(),
+            identity: identity.clone(),
+            team: client.clone(),
+            operator,
+        };
         Runtime {
             namespace,
             name,
@@ -184,6 +242,7 @@ impl Runtime {
             access,
             metrics,
             resync,
+            finalizers,
             recorder,
             applied: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
@@ -192,8 +251,41 @@ impl Runtime {
         }
     }
 
-    fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Records an Event on `parent` (best effort: a missing events grant is logged).
+    pub(crate) async fn publish(
+        &self,
+        parent: &DynamicObject,
+        type_: KubeEventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let event = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(note, 1024)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &parent.object_ref(&self.parent.resource))
+            .await
+        {
+            tracing::debug!(error = %e, reason, "could not record an event (may the account create events?)");
+        }
+    }
+
+    /// Forgets a parent that is gone: its failure, backoff and applied-skip entries.
+    fn forget(&self, parent: &str) {
+        self.backoff.lock().unwrap().remove(parent);
+        self.applied.lock().unwrap().remove(parent);
+        if self.failures.lock().unwrap().remove(parent).is_some() {
+            let _ = self.health.send(());
+        }
     }
 }
 
@@ -205,12 +297,19 @@ pub async fn run(rt: Arc<Runtime>, shutdown: oneshot::Receiver<()>) {
         .spec
         .max_concurrent_reconciles
         .unwrap_or(crate::crd::DEFAULT_CONCURRENCY);
-    let mut controller = Controller::for_shared_stream_with(
-        rt.parent.subscribe(ns.clone()),
-        rt.parent.store.clone(),
-        parent_ar.clone(),
-    )
-    .with_config(ControllerConfig::default().concurrency(concurrency));
+    // A parent that is no longer in the cache when its change arrives was deleted.
+    let parents = {
+        let rt = rt.clone();
+        rt.parent.clone().subscribe(ns.clone()).inspect(move |obj| {
+            let key = ObjectRef::from_obj_with(obj.as_ref(), rt.parent.resource.clone());
+            if rt.parent.store.get(&key).is_none() {
+                rt.forget(&obj.name_any());
+            }
+        })
+    };
+    let mut controller =
+        Controller::for_shared_stream_with(parents, rt.parent.store.clone(), parent_ar.clone())
+            .with_config(ControllerConfig::default().concurrency(concurrency));
     for child in &rt.children {
         let (par, label) = (parent_ar.clone(), rt.identity.label_value());
         controller = controller.watches_shared_stream_with(
@@ -254,7 +353,8 @@ async fn reconcile(parent: Arc<DynamicObject>, rt: Arc<Runtime>) -> Result<Actio
     let started = Instant::now();
     let result = reconcile_parent(&parent, &rt)
         .instrument(span.clone())
-        .await;
+        .await
+        .map(|outcome| outcome.action);
     let label = rt.label();
     rt.metrics
         .reconcile_seconds
@@ -296,27 +396,23 @@ async fn reconcile(parent: Arc<DynamicObject>, rt: Arc<Runtime>) -> Result<Actio
                 span.in_scope(|| tracing::warn!(reason = %failure.reason, "{}", failure.message));
                 let _ = rt.health.send(());
                 // One Warning event per distinct failure, not per retry.
-                let event = KubeEvent {
-                    type_: KubeEventType::Warning,
-                    reason: failure.reason.clone(),
-                    note: Some(truncate(&failure.message, 1024)),
-                    action: "Reconcile".into(),
-                    secondary: None,
-                };
-                if let Err(e) = rt
-                    .recorder
-                    .publish(&event, &parent.object_ref(&rt.parent.resource))
-                    .await
-                {
-                    tracing::debug!(error = %e, "could not record a Warning event (does the account may create events?)");
-                }
+                rt.publish(
+                    &parent,
+                    KubeEventType::Warning,
+                    &failure.reason,
+                    &failure.message,
+                )
+                .await;
             }
         }
     }
     result
 }
 
-fn error_policy(parent: Arc<DynamicObject>, _error: &Error, rt: Arc<Runtime>) -> Action {
+fn error_policy(parent: Arc<DynamicObject>, error: &Error, rt: Arc<Runtime>) -> Action {
+    if let Error::WaitingForDependencies { .. } = error {
+        return Action::requeue(DEPENDENCY_RETRY); // progress was made: not a failure to back off
+    }
     let mut backoff = rt.backoff.lock().unwrap();
     let delays = backoff.entry(parent.name_any()).or_insert_with(|| {
         Box::new(
@@ -331,9 +427,53 @@ fn error_policy(parent: Arc<DynamicObject>, _error: &Error, rt: Arc<Runtime>) ->
     Action::requeue(delays.next().unwrap_or(Duration::from_secs(300)))
 }
 
+/// What a reconcile of one parent did.
+pub(crate) struct Outcome {
+    pub action: Action,
+    /// This controller's finalizer was removed from the parent.
+    pub released: bool,
+}
+
+impl Outcome {
+    fn released() -> Self {
+        Outcome {
+            action: Action::await_change(),
+            released: true,
+        }
+    }
+}
+
 /// The reconcile of one parent, top-down.
-async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Result<Action> {
-    // 1. The team's account must be able to read what the plugin is shown.
+pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Result<Outcome> {
+    // 1. Deletion and our finalizer (releasing it shows the plugin nothing, so comes first).
+    let holds = rt.finalizers.held_by(parent);
+    let finalizing = parent.metadata.deletion_timestamp.is_some();
+    if holds && !rt.spec.plugin.finalize {
+        rt.finalizers.remove(parent).await?; // `finalize` was turned off
+        if finalizing {
+            return Ok(Outcome::released());
+        }
+    }
+    if finalizing && !(rt.spec.plugin.finalize && holds) {
+        // The garbage collector removes the children.
+        return Ok(Outcome {
+            action: Action::await_change(),
+            released: false,
+        });
+    }
+    if finalizing && parent.annotations().get(SKIP_ANNOTATION) == Some(&rt.name) {
+        rt.finalizers.remove(parent).await?;
+        let note = format!(
+            "finalize of WasmController {} skipped: the parent is annotated {SKIP_ANNOTATION}={}",
+            rt.name, rt.name
+        );
+        tracing::warn!("{note}");
+        rt.publish(parent, KubeEventType::Warning, "FinalizeSkipped", &note)
+            .await;
+        return Ok(Outcome::released());
+    }
+
+    // 2. The team's account must be able to read what the plugin is shown.
     let mut readable: Vec<(String, String)> = vec![(
         rt.parent.resource.group.clone(),
         rt.parent.resource.plural.clone(),
@@ -352,20 +492,12 @@ async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Result<Action
             &readable,
         )
         .await?;
-
-    // 2. Deletion and our finalizer.
-    let finalizer = rt.identity.finalizer();
-    let has_finalizer = parent.finalizers().contains(&finalizer);
-    let finalizing = parent.metadata.deletion_timestamp.is_some();
-    if finalizing && !(rt.spec.plugin.finalize && has_finalizer) {
-        return Ok(Action::await_change()); // the garbage collector removes the children
-    }
-    if rt.spec.plugin.finalize && !finalizing && !has_finalizer {
-        set_finalizer(rt, parent, true).await?;
+    if rt.spec.plugin.finalize && !finalizing && !holds {
+        rt.finalizers.add(parent).await?;
     }
 
     // 3. Gather the inputs: parent and children from the shared caches, related objects as the account.
-    let parent_json = related::clean(parent.clone(), &rt.parent.resource);
+    let parent_json = kinds::clean(parent.clone(), &rt.parent.resource);
     let (owned, children) = gather_children(rt, parent);
     let mut related_inputs = BTreeMap::new();
     let mut related_targets = Vec::new();
@@ -415,13 +547,17 @@ async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Result<Action
     };
     let plan = plan::plan(&input, response)?;
 
-    // 6. Execute it: dry run everything that changes, then write.
-    execute(rt, parent, &plan).await?;
+    // 6. Execute it: what is ours to write, dry run, then write.
+    execute::execute(rt, parent, &plan).await?;
     if finalizing && plan.finalized {
-        set_finalizer(rt, parent, false).await?;
+        rt.finalizers.remove(parent).await?;
+        return Ok(Outcome::released());
     }
     let requeue = plan.requeue_after.map_or(rt.resync, |r| r.min(rt.resync));
-    Ok(Action::requeue(requeue))
+    Ok(Outcome {
+        action: Action::requeue(requeue),
+        released: false,
+    })
 }
 
 /// This controller's current children of `parent` (from the caches): as plan input and as the
@@ -455,7 +591,7 @@ fn gather_children(
                 },
                 uid: obj.uid().unwrap_or_default(),
             });
-            by_name.insert(name, related::clean((*obj).clone(), &child.watch.resource));
+            by_name.insert(name, kinds::clean((*obj).clone(), &child.watch.resource));
         }
         by_kind.insert(
             wasmop_abi::child_key(&child.kind.api_version, &child.kind.kind),
@@ -463,297 +599,6 @@ fn gather_children(
         );
     }
     (owned, by_kind)
-}
-
-/// One write of a plan.
-enum Write<'a> {
-    Apply {
-        target: &'static str,
-        apply: &'a Apply,
-        resource: ApiResource,
-        subresource_status: bool,
-    },
-    Prune {
-        owned: &'a Owned,
-        resource: ApiResource,
-    },
-}
-
-/// Executes a plan: skip what is unchanged, dry-run the rest, then write it for real.
-async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &plan::Plan) -> Result<()> {
-    let mut writes = Vec::new();
-    for apply in &plan.children {
-        let resource = rt.child_resource(&apply.target)?;
-        writes.push(Write::Apply {
-            target: "child",
-            apply,
-            resource,
-            subresource_status: false,
-        });
-    }
-    for owned in &plan.prune {
-        writes.push(Write::Prune {
-            owned,
-            resource: rt.child_resource(&owned.target)?,
-        });
-    }
-    for apply in &plan.patches {
-        let resource = if apply.target.kind == rt.parent.resource.kind
-            && apply.target.api_version == rt.parent.resource.api_version
-        {
-            rt.parent.resource.clone()
-        } else {
-            let gvk = crate::manager::gvk(&KindRef {
-                api_version: apply.target.api_version.clone(),
-                kind: apply.target.kind.clone(),
-            });
-            related::resource_of(&rt.client, &gvk)
-                .await
-                .map_err(|source| Error::Write {
-                    action: "discovery",
-                    target: apply.target.clone(),
-                    source,
-                })?
-        };
-        writes.push(Write::Apply {
-            target: "patch",
-            apply,
-            resource,
-            subresource_status: false,
-        });
-    }
-    if let Some(status) = &plan.status {
-        writes.push(Write::Apply {
-            target: "status",
-            apply: status,
-            resource: rt.parent.resource.clone(),
-            subresource_status: true,
-        });
-    }
-
-    let label = rt.label();
-    writes.retain(|w| match w {
-        Write::Apply {
-            target,
-            apply,
-            resource,
-            subresource_status,
-        } => {
-            let live_rv = if *subresource_status
-                || apply.target.kind == rt.parent.resource.kind
-                    && apply.target.name == parent.name_any()
-                    && *target == "patch"
-            {
-                parent.resource_version()
-            } else {
-                rt.live_resource_version(resource, &apply.target)
-            };
-            let unchanged = live_rv.is_some_and(|rv| {
-                rt.applied
-                    .lock()
-                    .unwrap()
-                    .get(&(apply.target.clone(), *target))
-                    == Some(&(hash(&apply.body), rv))
-            });
-            if unchanged {
-                rt.metrics
-                    .applies_skipped
-                    .with_label_values(&[label.as_str(), *target])
-                    .inc();
-            }
-            !unchanged
-        }
-        Write::Prune { .. } => true,
-    });
-    if writes.is_empty() && plan.events.is_empty() {
-        return Ok(());
-    }
-
-    // Dry run: the API server checks schema, admission and RBAC without writing anything.
-    for write in &writes {
-        write_one(rt, write, true).await?;
-    }
-    for write in &writes {
-        let rv = write_one(rt, write, false).await?;
-        match write {
-            Write::Apply { target, apply, .. } => {
-                rt.metrics
-                    .applies
-                    .with_label_values(&[label.as_str(), *target])
-                    .inc();
-                if let Some(rv) = rv {
-                    rt.applied
-                        .lock()
-                        .unwrap()
-                        .insert((apply.target.clone(), *target), (hash(&apply.body), rv));
-                }
-            }
-            Write::Prune { owned, .. } => {
-                rt.metrics.prunes.with_label_values(&[&label]).inc();
-                tracing::info!(child = %owned.target, "pruned: no longer desired");
-            }
-        }
-    }
-
-    let reference = parent.object_ref(&rt.parent.resource);
-    for ev in &plan.events {
-        let event = KubeEvent {
-            type_: match ev.type_ {
-                EventType::Normal => KubeEventType::Normal,
-                EventType::Warning => KubeEventType::Warning,
-            },
-            reason: ev.reason.clone(),
-            note: Some(ev.message.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(source) = rt.recorder.publish(&event, &reference).await {
-            let target = ObjRef {
-                api_version: "events.k8s.io/v1".into(),
-                kind: "Event".into(),
-                namespace: rt.namespace.clone(),
-                name: ev.reason.clone(),
-            };
-            return Err(Error::Write {
-                action: "recording an event",
-                target,
-                source,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Sends one write (or its dry run). Returns the resourceVersion an apply produced.
-async fn write_one(rt: &Runtime, write: &Write<'_>, dry_run: bool) -> Result<Option<String>> {
-    match write {
-        Write::Apply {
-            apply,
-            resource,
-            subresource_status,
-            ..
-        } => {
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(rt.client.clone(), &apply.target.namespace, resource);
-            let mut params = PatchParams::apply(&rt.identity.field_manager).force();
-            params.dry_run = dry_run;
-            let result = if *subresource_status {
-                api.patch_status(&apply.target.name, &params, &Patch::Apply(&apply.body))
-                    .await
-            } else {
-                api.patch(&apply.target.name, &params, &Patch::Apply(&apply.body))
-                    .await
-            };
-            let action = match (subresource_status, dry_run) {
-                (true, true) => "a dry-run status apply",
-                (true, false) => "the status apply",
-                (false, true) => "a dry-run apply",
-                (false, false) => "the apply",
-            };
-            let obj = result.map_err(|source| Error::Write {
-                action,
-                target: apply.target.clone(),
-                source,
-            })?;
-            Ok(obj.resource_version())
-        }
-        Write::Prune { owned, resource } => {
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(rt.client.clone(), &owned.target.namespace, resource);
-            let params = DeleteParams {
-                dry_run,
-                preconditions: Some(Preconditions {
-                    uid: Some(owned.uid.clone()),
-                    resource_version: None,
-                }),
-                ..DeleteParams::background()
-            };
-            match api.delete(&owned.target.name, &params).await {
-                Ok(_) => Ok(None),
-                Err(kube::Error::Api(e)) if e.code == 404 => Ok(None), // already gone
-                Err(source) => Err(Error::Write {
-                    action: if dry_run {
-                        "a dry-run delete"
-                    } else {
-                        "the delete"
-                    },
-                    target: owned.target.clone(),
-                    source,
-                }),
-            }
-        }
-    }
-}
-
-/// Adds or removes this controller's finalizer on `parent` with its own field manager (so
-/// `apply` patches to the parent never drop it by accident).
-async fn set_finalizer(rt: &Runtime, parent: &DynamicObject, present: bool) -> Result<()> {
-    let resource = &rt.parent.resource;
-    let mut body = json!({
-        "apiVersion": resource.api_version, "kind": resource.kind,
-        "metadata": {"name": parent.name_any(), "namespace": rt.namespace},
-    });
-    if present {
-        body["metadata"]["finalizers"] = json!([rt.identity.finalizer()]);
-    }
-    let api: Api<DynamicObject> = Api::namespaced_with(rt.client.clone(), &rt.namespace, resource);
-    let manager = format!("{}-finalizer", rt.identity.field_manager);
-    let target = ObjRef {
-        api_version: resource.api_version.clone(),
-        kind: resource.kind.clone(),
-        namespace: rt.namespace.clone(),
-        name: parent.name_any(),
-    };
-    api.patch(
-        &parent.name_any(),
-        &PatchParams::apply(&manager).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| Error::Write {
-        action: if present {
-            "adding the finalizer"
-        } else {
-            "removing the finalizer"
-        },
-        target,
-        source,
-    })?;
-    rt.metrics
-        .applies
-        .with_label_values(&[&rt.label(), "finalizer"])
-        .inc();
-    Ok(())
-}
-
-impl Runtime {
-    fn child_resource(&self, target: &ObjRef) -> Result<ApiResource> {
-        self.children
-            .iter()
-            .find(|c| c.kind.api_version == target.api_version && c.kind.kind == target.kind)
-            .map(|c| c.watch.resource.clone())
-            .ok_or_else(|| Error::UnknownKind {
-                target: target.clone(),
-            })
-    }
-
-    fn live_resource_version(&self, resource: &ApiResource, target: &ObjRef) -> Option<String> {
-        let watch = self.children.iter().find(|c| {
-            c.watch.resource.kind == resource.kind && c.watch.resource.group == resource.group
-        })?;
-        let key = ObjectRef::new_with(&target.name, resource.clone()).within(&target.namespace);
-        watch
-            .watch
-            .store
-            .get(&key)
-            .and_then(|o| o.resource_version())
-    }
-}
-
-fn hash(body: &Value) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    body.to_string().hash(&mut h);
-    h.finish()
 }
 
 /// `s` cut to at most `max` bytes (on a character boundary), marked with an ellipsis when cut.

@@ -312,7 +312,7 @@ async fn explain_one(
             name: name.into(),
             namespace: ns.into(),
         })?;
-    let parent_json = related::clean(parent.clone(), &parent_resource);
+    let parent_json = crate::kinds::clean(parent.clone(), &parent_resource);
     let parent_uid = parent.uid().unwrap_or_default();
     report.heading("Parent");
     report.line(format!(
@@ -405,7 +405,7 @@ async fn explain_one(
                 report.line(format!("{}/{}", kind.kind, obj.name_any()));
                 owned.insert(
                     (kind.api_version.clone(), kind.kind.clone(), obj.name_any()),
-                    related::clean(obj, &resource),
+                    crate::kinds::clean(obj, &resource),
                 );
             }
         }
@@ -482,7 +482,7 @@ async fn explain_one(
             &planned.plan,
             &parent_json,
             &parent_uid,
-            &identity.label_value(),
+            &identity,
             &owned,
             &child_resources,
             ns,
@@ -634,13 +634,15 @@ async fn compare(
     plan: &plan::Plan,
     parent: &Value,
     parent_uid: &str,
-    label: &str,
+    identity: &Identity,
     owned: &BTreeMap<(String, String, String), Value>,
     child_resources: &[(KindRef, ApiResource)],
     ns: &str,
     report: &mut Report,
 ) {
     report.heading("Differences from the live objects");
+    let label = identity.label_value();
+    let wc_name = identity.controller.as_str();
     let mut changes = 0;
     for apply in &plan.children {
         let key = (
@@ -663,7 +665,7 @@ async fn compare(
                         .get_opt(&apply.target.name)
                         .await
                     {
-                        Ok(found) => found.map(|o| related::clean(o, r)),
+                        Ok(found) => found.map(|o| crate::kinds::clean(o, r)),
                         Err(e) => {
                             report.line(format!("{shown}: cannot read it: {e}"));
                             continue;
@@ -693,12 +695,28 @@ async fn compare(
                 .find(|o| o["controller"] == true && o["uid"] != parent_uid);
             match controller {
                 Some(o) => {
-                    let by = format!("{}/{}", o["kind"].as_str().unwrap_or_default(), o["name"].as_str().unwrap_or_default());
+                    let by = format!(
+                        "{}/{}",
+                        o["kind"].as_str().unwrap_or_default(),
+                        o["name"].as_str().unwrap_or_default()
+                    );
                     report.line(format!("{shown}: exists and is controlled by {by}"));
                     report.block(format!("{shown} exists and is controlled by {by}: the API server refuses a second controller ownerReference; rename the child or delete the existing object"));
                     continue;
                 }
-                None => report.line(format!("{shown}: exists without this controller's label and ownerReference; the apply adopts it")),
+                None if live["metadata"]["annotations"][crate::execute::ADOPT_ANNOTATION]
+                    == wc_name =>
+                {
+                    report.line(format!(
+                        "{shown}: exists, annotated {}={wc_name}: the next reconcile adopts it",
+                        crate::execute::ADOPT_ANNOTATION
+                    ));
+                }
+                None => {
+                    report.line(format!("{shown}: exists and is not this controller's (no controller ownerReference)"));
+                    report.block(format!("{shown} exists and is not this controller's: wasmop never takes over an object it did not create (ChildConflict); rename the child, delete the object, or annotate it {}={wc_name} to hand it over", crate::execute::ADOPT_ANNOTATION));
+                    continue;
+                }
             }
         }
         changes += report_differences(&shown, &apply.body, &live, report);

@@ -7,8 +7,11 @@
 //!
 //! Where things are (the reconcile path is `controller.rs`, top-down):
 //! - [`manager`]: watches WasmControllers; starts, hot-reloads and stops their controllers.
-//! - [`controller`]: one parent's reconcile: gather → plugin call → plan → dry run → apply.
+//! - [`controller`]: one parent's reconcile: gather → plugin call → plan → execute.
 //! - [`plan`]: validates a plugin response into SSA applies and a prune set (pure).
+//! - [`execute`]: writes a plan: ownership of children, dry run, create/apply/prune, events.
+//! - [`finalizers`]: this controller's finalizer on parents: add, remove, release them all.
+//! - [`kinds`]: a kind's API resource (cached discovery) and an object as a plugin sees it.
 //! - [`plugin`]: the Extism host (the only module naming extism/wasmtime): compile cache,
 //!   instance pool, limits, error classification.
 //! - [`source`]: plugin bytes from a ConfigMap or file; gzip/zstd; sha256.
@@ -24,7 +27,10 @@ pub mod access;
 pub mod controller;
 pub mod crd;
 pub mod eval;
+pub mod execute;
 pub mod explain;
+pub mod finalizers;
+pub mod kinds;
 pub mod manager;
 pub mod metrics;
 pub mod plan;

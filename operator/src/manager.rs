@@ -30,7 +30,11 @@ use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT};
 use crate::access::{self, Access};
 use crate::controller::{self, ChildKind, Runtime};
 use crate::crd::{KindRef, PluginSource, PluginStatus, WasmController, WasmControllerStatus};
+use crate::finalizers::{
+    self, Finalizers, WASMCONTROLLER_FINALIZER, WASMCONTROLLER_FINALIZER_MANAGER,
+};
 use crate::metrics::Metrics;
+use crate::plan::Identity;
 use crate::plugin::{self, Host};
 use crate::watches::{self, Watches};
 use crate::{related, source};
@@ -84,6 +88,14 @@ pub enum Error {
     Related(#[from] related::Error),
     #[error(transparent)]
     Watch(#[from] watches::Error),
+    #[error(transparent)]
+    Release(#[from] finalizers::Error),
+    #[error("{} the WasmController's own finalizer: {source}", if *present { "adding" } else { "removing" })]
+    OwnFinalizer {
+        present: bool,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -97,6 +109,7 @@ impl Error {
             Error::Plugin(e) => e.reason(),
             Error::Related(_) => "InvalidSpec",
             Error::Watch(_) => "WatchNotReady",
+            Error::Release(_) | Error::OwnFinalizer { .. } => "FinalizerNotReleased",
         }
     }
 }
@@ -199,7 +212,28 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-/// The life of one WasmController.
+/// The life of one WasmController: what runs for it, and what it is waiting for.
+struct Slot {
+    ctx: Arc<Context>,
+    ns: String,
+    name: String,
+    span: tracing::Span,
+    signals: mpsc::UnboundedSender<Signal>,
+    health: mpsc::UnboundedSender<()>,
+    running: Option<Running>,
+    source_watch: Option<(PluginSource, tokio::task::AbortHandle)>,
+    load_error: Option<Error>,
+    /// A start that failed (RBAC not granted yet, CRD not installed yet, ConfigMap missing,
+    /// ...) is retried with backoff, so fixing the cause is enough: no edit of the
+    /// WasmController.
+    retry: Option<(
+        Box<dyn Iterator<Item = Duration> + Send>,
+        tokio::task::AbortHandle,
+    )>,
+}
+
+/// Runs one WasmController's slot until it is deleted (and has released its parents) or the
+/// operator stops.
 async fn slot(
     ctx: Arc<Context>,
     key: Key,
@@ -209,16 +243,6 @@ async fn slot(
 ) {
     let (ns, name) = key;
     let span = tracing::info_span!("wasmcontroller", controller = %format!("{ns}/{name}"));
-    let _enter = span.clone();
-    let mut running: Option<Running> = None;
-    let mut source_watch: Option<(PluginSource, tokio::task::AbortHandle)> = None;
-    let mut load_error: Option<Error> = None;
-    // A start that failed (RBAC not granted yet, CRD not installed yet, ConfigMap missing, ...)
-    // is retried with backoff, so fixing the cause is enough: no edit of the WasmController.
-    let mut retry: Option<(
-        Box<dyn Iterator<Item = Duration> + Send>,
-        tokio::task::AbortHandle,
-    )> = None;
     let (health_tx, mut health_rx) = mpsc::unbounded_channel::<()>();
     let health_forward = {
         let signals = signals.clone();
@@ -230,6 +254,18 @@ async fn slot(
             }
         })
     };
+    let mut slot = Slot {
+        ctx,
+        ns,
+        name,
+        span,
+        signals,
+        health: health_tx,
+        running: None,
+        source_watch: None,
+        load_error: None,
+        retry: None,
+    };
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -239,76 +275,263 @@ async fn slot(
             break;
         }
         let sync = batch.iter().any(|s| matches!(s, Signal::Sync));
-        let Some(wc) = store.get(&ObjectRef::new(&name).within(&ns)) else {
-            tracing::info!(parent: &span, "WasmController deleted: stopping its controller");
+        let Some(wc) = store.get(&ObjectRef::new(&slot.name).within(&slot.ns)) else {
+            tracing::info!(parent: &slot.span, "WasmController deleted: stopping its controller");
             break;
         };
+        if wc.metadata.deletion_timestamp.is_some() {
+            if slot.deleting(&wc).await {
+                break;
+            }
+            continue;
+        }
         if sync {
-            match prepare(&ctx, &wc, running.as_ref(), &health_tx).await {
-                Ok(None) => load_error = None,
-                Ok(Some(new)) => {
-                    load_error = None;
-                    if let Some((_, pending)) = retry.take() {
-                        pending.abort();
-                    }
-                    if let Some(old) = running.take() {
-                        stop(&ctx, old).await;
-                    }
-                    tracing::info!(parent: &span, sha256 = %new.runtime.plugin.sha256, "controller started");
-                    running = Some(new);
-                }
-                Err(error) => {
-                    let (mut delays, pending) = retry.take().map_or_else(
-                        || (retry_delays(), None),
-                        |(delays, pending)| (delays, Some(pending)),
-                    );
-                    if let Some(pending) = pending {
-                        pending.abort();
-                    }
-                    let delay = delays.next().unwrap_or(RETRY_MAX);
-                    tracing::warn!(parent: &span, reason = error.reason(), retry_in = ?delay, "{error}");
-                    let again = signals.clone();
-                    let timer = tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let _ = again.send(Signal::Sync);
-                    });
-                    retry = Some((delays, timer.abort_handle()));
-                    load_error = Some(error);
-                }
-            }
-            // Hot reload: watch the plugin's ConfigMap for as long as the source is the same,
-            // unless the account cannot read it (the retry above notices when it can).
-            let source = &wc.spec.plugin.source;
-            let readable = !matches!(
-                load_error,
-                Some(Error::Access(_) | Error::Source(source::Error::ConfigMapRead { .. }))
-            );
-            if (!readable || source_watch.as_ref().map(|(s, _)| s) != Some(source))
-                && let Some((_, old)) = source_watch.take()
-            {
-                old.abort();
-            }
-            if readable
-                && source_watch.is_none()
-                && let Some(task) = watch_source(&ctx, &wc, signals.clone())
-            {
-                source_watch = Some((source.clone(), task));
-            }
+            slot.sync(&wc).await;
         }
-        if let Err(error) = write_status(&ctx, &wc, running.as_ref(), load_error.as_ref()).await {
-            tracing::warn!(parent: &span, %error, "could not update WasmController status");
+        if let Err(error) = write_status(
+            &slot.ctx,
+            &wc,
+            slot.running.as_ref(),
+            slot.load_error.as_ref(),
+        )
+        .await
+        {
+            tracing::warn!(parent: &slot.span, %error, "could not update WasmController status");
         }
-    }
-    if let Some((_, task)) = source_watch {
-        task.abort();
-    }
-    if let Some((_, pending)) = retry {
-        pending.abort();
     }
     health_forward.abort();
-    if let Some(old) = running {
-        stop(&ctx, old).await;
+    slot.shutdown().await;
+}
+
+impl Slot {
+    /// Brings what runs in line with `wc`: its finalizer, the controller, the source watch.
+    async fn sync(&mut self, wc: &WasmController) {
+        let holds = wc
+            .finalizers()
+            .iter()
+            .any(|f| f == WASMCONTROLLER_FINALIZER);
+        if wc.spec.plugin.finalize
+            && !holds
+            && let Err(error) = set_wc_finalizer(&self.ctx, wc, true).await
+        {
+            // Before any parent gets a finalizer, so deleting the WasmController releases them.
+            self.retry_later(error);
+            return;
+        }
+        match prepare(&self.ctx, wc, self.running.as_ref(), &self.health).await {
+            Ok(new) => {
+                self.load_error = None;
+                if let Some((_, pending)) = self.retry.take() {
+                    pending.abort();
+                }
+                if let Some(new) = new {
+                    if let Some(old) = self.running.take() {
+                        stop(&self.ctx, old).await;
+                    }
+                    tracing::info!(parent: &self.span, sha256 = %new.runtime.plugin.sha256, "controller started");
+                    self.running = Some(new);
+                }
+            }
+            Err(error) => self.retry_later(error),
+        }
+        self.watch_source(wc);
+        let finalizing_off = !wc.spec.plugin.finalize
+            && holds
+            && self
+                .running
+                .as_ref()
+                .is_none_or(|r| !r.runtime.spec.plugin.finalize);
+        if finalizing_off {
+            // `finalize` was turned off: release every parent, then the WasmController.
+            let released = async {
+                release(&self.ctx, wc, None).await?;
+                set_wc_finalizer(&self.ctx, wc, false).await
+            }
+            .await;
+            if let Err(error) = released {
+                self.retry_later(error);
+            }
+        }
     }
+
+    /// Hot reload: watch the plugin's ConfigMap for as long as the source is the same, unless
+    /// the account cannot read it (the retry notices when it can).
+    fn watch_source(&mut self, wc: &WasmController) {
+        let source = &wc.spec.plugin.source;
+        let readable = !matches!(
+            self.load_error,
+            Some(Error::Access(_) | Error::Source(source::Error::ConfigMapRead { .. }))
+        );
+        if (!readable || self.source_watch.as_ref().map(|(s, _)| s) != Some(source))
+            && let Some((_, old)) = self.source_watch.take()
+        {
+            old.abort();
+        }
+        if readable
+            && self.source_watch.is_none()
+            && let Some(task) = watch_source(&self.ctx, wc, self.signals.clone())
+        {
+            self.source_watch = Some((source.clone(), task));
+        }
+    }
+
+    /// Records `error` and asks for another sync after a backoff delay.
+    fn retry_later(&mut self, error: Error) {
+        let (mut delays, pending) = self.retry.take().map_or_else(
+            || (retry_delays(), None),
+            |(delays, pending)| (delays, Some(pending)),
+        );
+        if let Some(pending) = pending {
+            pending.abort();
+        }
+        let delay = delays.next().unwrap_or(RETRY_MAX);
+        tracing::warn!(parent: &self.span, reason = error.reason(), retry_in = ?delay, "{error}");
+        let again = self.signals.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = again.send(Signal::Sync);
+        });
+        self.retry = Some((delays, timer.abort_handle()));
+        self.load_error = Some(error);
+    }
+
+    /// The WasmController is being deleted: stop its controller (so it adds no finalizer),
+    /// release every parent it holds, then let it go. True when done.
+    async fn deleting(&mut self, wc: &WasmController) -> bool {
+        let stopped = match self.running.take() {
+            Some(old) => {
+                let runtime = old.runtime.clone();
+                stop(&self.ctx, old).await;
+                Some(runtime)
+            }
+            None => None,
+        };
+        if !wc
+            .finalizers()
+            .iter()
+            .any(|f| f == WASMCONTROLLER_FINALIZER)
+        {
+            return true;
+        }
+        let released = async {
+            release(&self.ctx, wc, stopped.as_deref()).await?;
+            set_wc_finalizer(&self.ctx, wc, false).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        match released {
+            Ok(()) => {
+                tracing::info!(parent: &self.span, "every parent released: the WasmController can go");
+                true
+            }
+            Err(error) => {
+                let status = write_ready(&self.ctx, wc, error.reason(), &error.to_string()).await;
+                if let Err(e) = status {
+                    tracing::warn!(parent: &self.span, error = %e, "could not update WasmController status");
+                }
+                self.retry_later(error);
+                false
+            }
+        }
+    }
+
+    async fn shutdown(mut self) {
+        if let Some((_, task)) = self.source_watch.take() {
+            task.abort();
+        }
+        if let Some((_, pending)) = self.retry.take() {
+            pending.abort();
+        }
+        if let Some(old) = self.running.take() {
+            stop(&self.ctx, old).await;
+        }
+    }
+}
+
+/// Removes this WasmController's finalizer from every parent in its namespace, showing
+/// progress on its `Ready` condition. With `finalize` (the stopped controller), parents
+/// already being deleted get `finalize` first (bounded by `FINALIZE_GRACE`).
+async fn release(
+    ctx: &Context,
+    wc: &WasmController,
+    finalize: Option<&Runtime>,
+) -> Result<(), Error> {
+    let ns = wc.namespace().unwrap_or_default();
+    let parent_ar = match resolve(&ctx.client, "spec.parent", &wc.spec.parent).await {
+        Ok(ar) => ar,
+        Err(Error::KindNotServed { .. } | Error::ClusterScoped { .. }) => return Ok(()), // no parents
+        Err(error) => return Err(error),
+    };
+    let parents = ctx.watches.get(&parent_ar).await?;
+    let releaser = Finalizers {
+        resource: parent_ar,
+        namespace: ns.clone(),
+        identity: Identity::new(&ns, &wc.name_any()),
+        team: access::impersonated(&ctx.config, &ns, &wc.spec.service_account_name)?,
+        operator: ctx.client.clone(),
+    };
+    let mut release = finalizers::Release::new(&releaser, &parents, finalize);
+    let mut shown = None;
+    loop {
+        let left = release.round().await?;
+        if shown != Some(left) {
+            shown = Some(left);
+            let message = format!(
+                "releasing finalizers: {left} of {} {} left",
+                release.total, wc.spec.parent.kind
+            );
+            if let Err(error) = write_ready(ctx, wc, "Releasing", &message).await {
+                tracing::warn!(%error, "could not update WasmController status");
+            }
+        }
+        if left == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Adds or removes the WasmController's own finalizer (uid precondition: never recreates it).
+async fn set_wc_finalizer(ctx: &Context, wc: &WasmController, present: bool) -> Result<(), Error> {
+    let mut body = json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController",
+        "metadata": {"name": wc.name_any(), "namespace": wc.namespace(), "uid": wc.uid()},
+    });
+    if present {
+        body["metadata"]["finalizers"] = json!([WASMCONTROLLER_FINALIZER]);
+    }
+    let api: Api<WasmController> =
+        Api::namespaced(ctx.client.clone(), &wc.namespace().unwrap_or_default());
+    let params = PatchParams::apply(WASMCONTROLLER_FINALIZER_MANAGER).force();
+    match api
+        .patch(&wc.name_any(), &params, &Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()), // gone
+        Err(source) => Err(Error::OwnFinalizer { present, source }),
+    }
+}
+
+/// Writes only the `Ready` condition (while the WasmController is being deleted).
+async fn write_ready(
+    ctx: &Context,
+    wc: &WasmController,
+    reason: &str,
+    message: &str,
+) -> Result<(), kube::Error> {
+    let ready = condition("Ready", "False", reason, message, wc.metadata.generation);
+    let body = json!({"apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController",
+                      "status": {"conditions": [ready]}});
+    let api: Api<WasmController> =
+        Api::namespaced(ctx.client.clone(), &wc.namespace().unwrap_or_default());
+    api.patch_status(
+        &wc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Works out what should run for `wc`. `Ok(None)`: what runs is already right.
@@ -399,6 +622,7 @@ async fn prepare(
         wc.name_any(),
         spec.clone(),
         client,
+        ctx.client.clone(),
         parent,
         children,
         plugin.clone(),
@@ -461,7 +685,7 @@ async fn resolve(
     Ok(ar)
 }
 
-pub(crate) fn gvk(kind: &KindRef) -> GroupVersionKind {
+fn gvk(kind: &KindRef) -> GroupVersionKind {
     GroupVersionKind::gvk(kind.group(), kind.version(), &kind.kind)
 }
 

@@ -30,7 +30,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "the initial list of {kind} ({api_version}) did not complete within {READY_TIMEOUT:?}: does the operator's own account may list/watch it cluster-wide? (see deploy/ RBAC)"
+        "the initial list of {kind} ({api_version}) did not complete within {READY_TIMEOUT:?}: may the operator's own account list and watch it cluster-wide? Grant it with a ClusterRole labelled wasmop.dev/aggregate-to-watch=true (samples/operator/rbac.yaml, docs/security.md)"
     )]
     NotReady { api_version: String, kind: String },
 }

@@ -138,13 +138,14 @@ async fn fuel_limits_stop_runaway_loops_deterministically() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_export_is_reported_by_name() {
     let plugin = load("misbehave", small_limits()).await;
-    assert!(!plugin.has_export("finalize").unwrap());
+    assert!(plugin.has_export("finalize").unwrap());
+    assert!(!plugin.has_export("validate").unwrap());
     let err = plugin
-        .call("finalize", request(json!({}), json!({})))
+        .call("validate", request(json!({}), json!({})))
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::MissingExport { export } if export == "finalize"),
+        matches!(&err, Error::MissingExport { export } if export == "validate"),
         "{err}"
     );
 }

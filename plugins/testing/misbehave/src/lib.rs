@@ -9,6 +9,11 @@
 //! | `undeclared` | returns a marker ConfigMap *and* a Secret (an undeclared kind)       |
 //! | `error`      | fails the call with a message                                        |
 //! | `panic`      | panics (a trap)                                                      |
+//! | `config`     | returns `config.children` (`{parent}` in any string becomes the parent's name) |
+//! | `echo`       | returns every current child exactly as received (a marker when there are none) |
+//!
+//! `finalize` (for `spec.plugin.finalize`) follows `controller.config.finalize`: `done`
+//! (default, `finalized: true`), `never` (`finalized: false`) or `fail` (an error).
 #![cfg(target_arch = "wasm32")]
 #![allow(unsafe_code)] // extism-pdk's #[plugin_fn] expands to `extern "C"` export shims
 
@@ -50,6 +55,26 @@ pub fn reconcile(Json(req): Json<ReconcileRequest>) -> FnResult<Vec<u8>> {
             ],
             ..Default::default()
         },
+        "config" => ReconcileResponse {
+            children: configured_children(&req),
+            status: Some(json!({"phase": "Configured"})),
+            ..Default::default()
+        },
+        "echo" => {
+            let mut children: Vec<serde_json::Value> = req
+                .children
+                .values()
+                .flat_map(|by_name| by_name.values().cloned())
+                .collect();
+            if children.is_empty() {
+                children.push(marker(&req));
+            }
+            ReconcileResponse {
+                children,
+                status: Some(json!({"phase": "Echoed"})),
+                ..Default::default()
+            }
+        }
         "error" => return Err(extism_pdk::Error::msg("the plugin refuses: mode=error").into()),
         "panic" => panic!("mode=panic"),
         _ => {
@@ -65,4 +90,40 @@ pub fn reconcile(Json(req): Json<ReconcileRequest>) -> FnResult<Vec<u8>> {
         }
     };
     Ok(serde_json::to_vec(&response)?)
+}
+
+/// `config.children`, with `{parent}` in every string replaced by the parent's name.
+fn configured_children(req: &ReconcileRequest) -> Vec<serde_json::Value> {
+    let parent = req.object["metadata"]["name"].as_str().unwrap_or_default();
+    let mut children = req.controller.config["children"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for child in &mut children {
+        substitute(child, parent);
+    }
+    children
+}
+
+fn substitute(value: &mut serde_json::Value, parent: &str) {
+    match value {
+        serde_json::Value::String(s) => *s = s.replace("{parent}", parent),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| substitute(v, parent)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| substitute(v, parent)),
+        _ => {}
+    }
+}
+
+#[plugin_fn]
+pub fn finalize(Json(req): Json<ReconcileRequest>) -> FnResult<Vec<u8>> {
+    match req.controller.config["finalize"].as_str().unwrap_or("done") {
+        "fail" => Err(extism_pdk::Error::msg("finalize refuses: finalize=fail").into()),
+        never => {
+            let response = ReconcileResponse {
+                finalized: never != "never",
+                ..Default::default()
+            };
+            Ok(serde_json::to_vec(&response)?)
+        }
+    }
 }

@@ -1,0 +1,641 @@
+//! Executes a validated [`Plan`] as the team's ServiceAccount: decides for each desired child
+//! whether it is ours to write, skips what is unchanged, dry-runs everything, then writes in
+//! plan order and records the plugin's events.
+//!
+//! # Guarantees
+//! - **Never touch what isn't ours.** A child is written only if it does not exist (created
+//!   with a POST, which fails if it exists by then) or is controlled by this parent through
+//!   this controller (server-side applied with a `metadata.uid` precondition, so an object
+//!   deleted and recreated by someone else meanwhile is refused too). An existing object that
+//!   is not ours fails the whole reconcile with [`Error::ChildConflict`] before anything is
+//!   written, unless whoever may write it annotated it [`ADOPT_ANNOTATION`] with this
+//!   controller's name and nothing else controls it.
+//! - Every write is dry-run before any is made, so a response the API server would refuse
+//!   writes nothing, with one documented exception: a write refused because a child that an
+//!   earlier write creates is not found yet (a Pod whose ServiceAccount is in the same
+//!   response) lets the writes before it go through and retries in [`DEPENDENCY_RETRY`]
+//!   ([`Error::WaitingForDependencies`]); each round creates at least one more child, so it
+//!   converges.
+//! - A steady state sends nothing: an apply is skipped when the live object is still at the
+//!   resourceVersion our last identical apply produced.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
+};
+use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::{Value, json};
+use wasmop_abi::EventType;
+
+use crate::controller::{Error, Result, Runtime};
+use crate::kinds;
+use crate::plan::{self, Apply, ObjRef, Owned, Plan};
+
+/// The annotation by which whoever may write an existing object hands it to a controller:
+/// `wasmop.dev/adopt: <WasmController name>`.
+pub const ADOPT_ANNOTATION: &str = "wasmop.dev/adopt";
+/// How soon a parent whose writes wait for a dependency created in the same round is retried.
+pub const DEPENDENCY_RETRY: Duration = Duration::from_secs(1);
+
+/// What an apply last produced: (hash of the body we sent, resourceVersion it resulted in).
+pub(crate) type AppliedAs = (u64, String);
+/// Per parent: what we last applied, by target.
+pub(crate) type AppliedByTarget = HashMap<(ObjRef, &'static str), AppliedAs>;
+
+/// A desired child that exists and is not this controller's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conflict {
+    pub target: ObjRef,
+    /// Who controls it, as a phrase: "is controlled by Website other", "has no controller ...".
+    pub holder: String,
+    /// Whether the adoption annotation could hand it over (nothing else controls it).
+    pub adoptable: bool,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} exists and is not this controller's: it {}",
+            self.target, self.holder
+        )
+    }
+}
+
+/// Whose a live object of a desired child's name is.
+enum Ownership {
+    Ours,
+    /// Not controlled by anything, and annotated to be adopted by this controller.
+    Adoptable,
+    Foreign(Conflict),
+}
+
+fn ownership(rt: &Runtime, parent_uid: &str, target: &ObjRef, live: &DynamicObject) -> Ownership {
+    let label = live.labels().get(plan::CONTROLLER_LABEL);
+    let ours_label = rt.identity.label_value();
+    let controller = live
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true));
+    let conflict = |holder: String, adoptable: bool| {
+        Ownership::Foreign(Conflict {
+            target: target.clone(),
+            holder,
+            adoptable,
+        })
+    };
+    match controller {
+        Some(o) if o.uid == parent_uid && label == Some(&ours_label) => Ownership::Ours,
+        Some(o) => {
+            let through = match label {
+                Some(l) if o.uid == parent_uid => {
+                    format!(" (the same parent, through WasmController {l})")
+                }
+                Some(l) if *l == ours_label => " (another parent of this controller)".into(),
+                Some(l) => format!(" (through WasmController {l})"),
+                None => String::new(),
+            };
+            conflict(
+                format!("is controlled by {} {}{through}", o.kind, o.name),
+                false,
+            )
+        }
+        None if live.annotations().get(ADOPT_ANNOTATION) == Some(&rt.name) => Ownership::Adoptable,
+        None => {
+            let mut managers: Vec<&str> = live
+                .metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .filter_map(|m| m.manager.as_deref())
+                .collect();
+            managers.dedup();
+            let made_by = if managers.is_empty() {
+                "someone else".to_string()
+            } else {
+                managers.join(", ")
+            };
+            conflict(
+                format!("has no controller and was written by {made_by}"),
+                true,
+            )
+        }
+    }
+}
+
+/// One write of a plan.
+pub(crate) enum Write<'a> {
+    /// A child that does not exist yet: a POST, which fails if it exists by then.
+    Create {
+        apply: &'a Apply,
+        resource: ApiResource,
+    },
+    /// A server-side apply; `uid`: the live object it must still be (a precondition).
+    Apply {
+        target: &'static str,
+        apply: &'a Apply,
+        resource: ApiResource,
+        subresource_status: bool,
+        uid: Option<String>,
+        adopt: bool,
+    },
+    Prune {
+        owned: &'a Owned,
+        resource: ApiResource,
+    },
+}
+
+/// Executes a plan: decide ownership, skip what is unchanged, dry-run the rest, then write it.
+pub(crate) async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &Plan) -> Result<()> {
+    let mut writes = child_writes(rt, parent, plan)?;
+    for owned in &plan.prune {
+        writes.push(Write::Prune {
+            owned,
+            resource: rt.child_resource(&owned.target)?,
+        });
+    }
+    for apply in &plan.patches {
+        writes.push(Write::Apply {
+            target: "patch",
+            apply,
+            resource: patch_resource(rt, apply).await?,
+            subresource_status: false,
+            uid: None,
+            adopt: false,
+        });
+    }
+    if let Some(status) = &plan.status {
+        writes.push(Write::Apply {
+            target: "status",
+            apply: status,
+            resource: rt.parent.resource.clone(),
+            subresource_status: true,
+            uid: parent.uid(),
+            adopt: false,
+        });
+    }
+    writes.retain(|w| !unchanged(rt, parent, w));
+    if writes.is_empty() && plan.events.is_empty() {
+        return Ok(());
+    }
+
+    // Dry run: the API server checks schema, admission and RBAC without writing anything. A
+    // refusal saying a child created earlier in this round is not found is a dependency on
+    // it: write up to it and retry soon.
+    let mut ready = writes.len();
+    let mut waiting = None;
+    for (i, write) in writes.iter().enumerate() {
+        if let Err(error) = write_one(rt, parent, write, true).await {
+            if !needs_earlier_create(&error, &writes[..i]) {
+                return Err(error);
+            }
+            ready = i;
+            waiting = Some(error);
+            break;
+        }
+    }
+    for write in &writes[..ready] {
+        let rv = write_one(rt, parent, write, false).await?;
+        record(rt, parent, write, rv).await;
+    }
+    if let Some(source) = waiting {
+        return Err(Error::WaitingForDependencies {
+            written: ready,
+            source: Box::new(source),
+        });
+    }
+    publish_events(rt, parent, &plan.events).await
+}
+
+/// Whether a refused dry run says that an object created by one of `earlier` is not found
+/// (the API server's wording: `serviceaccount "web" not found`), so it can pass once that
+/// object exists. Anything else (RBAC, schema, a conflict) is a real refusal.
+fn needs_earlier_create(error: &Error, earlier: &[Write<'_>]) -> bool {
+    let Error::Write {
+        source: kube::Error::Api(status),
+        ..
+    } = error
+    else {
+        return false;
+    };
+    earlier.iter().any(|w| match w {
+        Write::Create { apply, .. } => status
+            .message
+            .contains(&format!("\"{}\" not found", apply.target.name)),
+        _ => false,
+    })
+}
+
+/// The writes of the desired children, or [`Error::ChildConflict`] naming every one that
+/// exists and is not ours (then nothing at all is written).
+fn child_writes<'a>(
+    rt: &Runtime,
+    parent: &DynamicObject,
+    plan: &'a Plan,
+) -> Result<Vec<Write<'a>>> {
+    let parent_uid = parent.uid().unwrap_or_default();
+    let mut writes = Vec::new();
+    let mut conflicts = Vec::new();
+    for apply in &plan.children {
+        let resource = rt.child_resource(&apply.target)?;
+        let Some(live) = rt.live_child(&resource, &apply.target) else {
+            writes.push(Write::Create { apply, resource });
+            continue;
+        };
+        let adopt = match ownership(rt, &parent_uid, &apply.target, &live) {
+            Ownership::Ours => false,
+            Ownership::Adoptable => true,
+            Ownership::Foreign(conflict) => {
+                conflicts.push(conflict);
+                continue;
+            }
+        };
+        writes.push(Write::Apply {
+            target: "child",
+            apply,
+            resource,
+            subresource_status: false,
+            uid: live.uid(),
+            adopt,
+        });
+    }
+    if conflicts.is_empty() {
+        Ok(writes)
+    } else {
+        Err(Error::ChildConflict {
+            controller: rt.name.clone(),
+            conflicts,
+        })
+    }
+}
+
+/// The API resource of an `apply` patch's target: the parent, or a related object's kind.
+async fn patch_resource(rt: &Runtime, apply: &Apply) -> Result<ApiResource> {
+    if apply.target.kind == rt.parent.resource.kind
+        && apply.target.api_version == rt.parent.resource.api_version
+    {
+        return Ok(rt.parent.resource.clone());
+    }
+    kinds::resource_of(
+        &rt.client,
+        &kinds::gvk(&apply.target.api_version, &apply.target.kind),
+    )
+    .await
+    .map_err(|source| Error::Write {
+        action: "discovery",
+        target: apply.target.clone(),
+        source,
+    })
+}
+
+/// An apply whose body is what we last sent and whose target is still at the resourceVersion
+/// that apply produced. Counted in `wasmop_applies_skipped_total`.
+fn unchanged(rt: &Runtime, parent: &DynamicObject, write: &Write<'_>) -> bool {
+    let Write::Apply {
+        target,
+        apply,
+        resource,
+        subresource_status,
+        ..
+    } = write
+    else {
+        return false;
+    };
+    let live_rv = if *subresource_status
+        || apply.target.kind == rt.parent.resource.kind
+            && apply.target.name == parent.name_any()
+            && *target == "patch"
+    {
+        parent.resource_version()
+    } else {
+        rt.live_child(resource, &apply.target)
+            .and_then(|o| o.resource_version())
+    };
+    let unchanged = live_rv.is_some_and(|rv| {
+        rt.applied
+            .lock()
+            .unwrap()
+            .get(&parent.name_any())
+            .and_then(|by_target| by_target.get(&(apply.target.clone(), *target)))
+            == Some(&(hash(&apply.body), rv))
+    });
+    if unchanged {
+        rt.metrics
+            .applies_skipped
+            .with_label_values(&[rt.label().as_str(), *target])
+            .inc();
+    }
+    unchanged
+}
+
+/// Metrics, the skip cache and the `Adopted` event after a successful write.
+async fn record(rt: &Runtime, parent: &DynamicObject, write: &Write<'_>, rv: Option<String>) {
+    let label = rt.label();
+    let (target, apply) = match write {
+        Write::Create { apply, .. } => ("child", *apply),
+        Write::Apply { target, apply, .. } => (*target, *apply),
+        Write::Prune { owned, .. } => {
+            rt.metrics.prunes.with_label_values(&[&label]).inc();
+            tracing::info!(child = %owned.target, "pruned: no longer desired");
+            return;
+        }
+    };
+    rt.metrics
+        .applies
+        .with_label_values(&[label.as_str(), target])
+        .inc();
+    if let Some(rv) = rv {
+        rt.applied
+            .lock()
+            .unwrap()
+            .entry(parent.name_any())
+            .or_default()
+            .insert((apply.target.clone(), target), (hash(&apply.body), rv));
+    }
+    if let Write::Apply { adopt: true, .. } = write {
+        adopted(rt, parent, &apply.target).await;
+    }
+}
+
+/// Logs an adoption and records it as a Normal `Adopted` event on the parent.
+async fn adopted(rt: &Runtime, parent: &DynamicObject, target: &ObjRef) {
+    tracing::info!(child = %target, "adopted (annotated {ADOPT_ANNOTATION}={})", rt.name);
+    let note = format!(
+        "adopted {target}: it was annotated {ADOPT_ANNOTATION}={}",
+        rt.name
+    );
+    rt.publish(parent, KubeEventType::Normal, "Adopted", &note)
+        .await;
+}
+
+/// Records the plugin's events on the parent.
+async fn publish_events(
+    rt: &Runtime,
+    parent: &DynamicObject,
+    events: &[wasmop_abi::Event],
+) -> Result<()> {
+    let reference = parent.object_ref(&rt.parent.resource);
+    for ev in events {
+        let event = KubeEvent {
+            type_: match ev.type_ {
+                EventType::Normal => KubeEventType::Normal,
+                EventType::Warning => KubeEventType::Warning,
+            },
+            reason: ev.reason.clone(),
+            note: Some(ev.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(source) = rt.recorder.publish(&event, &reference).await {
+            let target = ObjRef {
+                api_version: "events.k8s.io/v1".into(),
+                kind: "Event".into(),
+                namespace: rt.namespace.clone(),
+                name: ev.reason.clone(),
+            };
+            return Err(Error::Write {
+                action: "recording an event",
+                target,
+                source,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Sends one write (or its dry run). Returns the resourceVersion an apply or create produced.
+async fn write_one(
+    rt: &Runtime,
+    parent: &DynamicObject,
+    write: &Write<'_>,
+    dry_run: bool,
+) -> Result<Option<String>> {
+    match write {
+        Write::Create { apply, resource } => create(rt, parent, apply, resource, dry_run).await,
+        Write::Apply {
+            apply,
+            resource,
+            subresource_status,
+            uid,
+            ..
+        } => {
+            apply_one(
+                rt,
+                apply,
+                resource,
+                *subresource_status,
+                uid.as_deref(),
+                dry_run,
+            )
+            .await
+        }
+        Write::Prune { owned, resource } => prune(rt, owned, resource, dry_run).await,
+    }
+}
+
+/// A server-side apply as this controller's field manager; with `uid`, only to that object.
+async fn apply_one(
+    rt: &Runtime,
+    apply: &Apply,
+    resource: &ApiResource,
+    subresource_status: bool,
+    uid: Option<&str>,
+    dry_run: bool,
+) -> Result<Option<String>> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(rt.client.clone(), &apply.target.namespace, resource);
+    let mut params = PatchParams::apply(&rt.identity.field_manager).force();
+    params.dry_run = dry_run;
+    let mut body = apply.body.clone();
+    if let Some(uid) = uid {
+        body["metadata"]["uid"] = json!(uid); // the API server refuses if it is another object
+    }
+    let result = if subresource_status {
+        api.patch_status(&apply.target.name, &params, &Patch::Apply(&body))
+            .await
+    } else {
+        api.patch(&apply.target.name, &params, &Patch::Apply(&body))
+            .await
+    };
+    let action = match (subresource_status, dry_run) {
+        (true, true) => "a dry-run status apply",
+        (true, false) => "the status apply",
+        (false, true) => "a dry-run apply",
+        (false, false) => "the apply",
+    };
+    let obj = result.map_err(|source| Error::Write {
+        action,
+        target: apply.target.clone(),
+        source,
+    })?;
+    Ok(obj.resource_version())
+}
+
+/// Creates a new child with a POST, which fails if the name is taken by then. A taken name
+/// is looked at: ours (our cache was behind) is applied to, anything else is a conflict.
+async fn create(
+    rt: &Runtime,
+    parent: &DynamicObject,
+    apply: &Apply,
+    resource: &ApiResource,
+    dry_run: bool,
+) -> Result<Option<String>> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(rt.client.clone(), &apply.target.namespace, resource);
+    let write_error = |action, source| Error::Write {
+        action,
+        target: apply.target.clone(),
+        source,
+    };
+    let object: DynamicObject =
+        serde_json::from_value(apply.body.clone()).map_err(|source| Error::BadChild {
+            target: apply.target.clone(),
+            source,
+        })?;
+    let params = PostParams {
+        dry_run,
+        field_manager: Some(rt.identity.field_manager.clone()),
+    };
+    let action = if dry_run {
+        "a dry-run create"
+    } else {
+        "the create"
+    };
+    match api.create(&params, &object).await {
+        Ok(created) if dry_run => Ok(created.resource_version()),
+        Ok(created) => own_fields_by_apply(rt, &api, &created)
+            .await
+            .map_err(|source| write_error("claiming the new child's fields for apply", source)),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let live = api
+                .get_opt(&apply.target.name)
+                .await
+                .map_err(|source| write_error("reading a child whose name is taken", source))?;
+            let Some(live) = live else {
+                return Err(write_error(action, kube::Error::Api(e))); // gone again: retry
+            };
+            let owner = ownership(rt, &parent.uid().unwrap_or_default(), &apply.target, &live);
+            let adopt = match owner {
+                Ownership::Ours => false,
+                Ownership::Adoptable => true,
+                Ownership::Foreign(conflict) => {
+                    tracing::info!(child = %apply.target, "the child's name was taken after the cache was read: not written");
+                    return Err(Error::ChildConflict {
+                        controller: rt.name.clone(),
+                        conflicts: vec![conflict],
+                    });
+                }
+            };
+            let rv = apply_one(rt, apply, resource, false, live.uid().as_deref(), dry_run).await?;
+            if adopt && !dry_run {
+                adopted(rt, parent, &apply.target).await;
+            }
+            Ok(rv)
+        }
+        Err(source) => Err(write_error(action, source)),
+    }
+}
+
+/// A POST records its fields under an `Update` entry of our field manager; later applies
+/// record theirs under `Apply`, and a field the plugin stops returning would stay owned by
+/// the `Update` entry and never be removed. So the new entry is turned into our `Apply`
+/// entry (merge patch with uid and resourceVersion preconditions).
+async fn own_fields_by_apply(
+    rt: &Runtime,
+    api: &Api<DynamicObject>,
+    created: &DynamicObject,
+) -> Result<Option<String>, kube::Error> {
+    let manager = rt.identity.field_manager.as_str();
+    let mut entries = created.metadata.managed_fields.clone().unwrap_or_default();
+    let mut changed = false;
+    for entry in &mut entries {
+        if entry.manager.as_deref() == Some(manager) && entry.operation.as_deref() == Some("Update")
+        {
+            entry.operation = Some("Apply".into());
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok(created.resource_version());
+    }
+    let patch = json!({"metadata": {
+        "uid": created.uid(), "resourceVersion": created.resource_version(),
+        "managedFields": entries,
+    }});
+    let params = PatchParams {
+        field_manager: Some(manager.into()),
+        ..Default::default()
+    };
+    let patched = api
+        .patch(&created.name_any(), &params, &Patch::Merge(&patch))
+        .await?;
+    Ok(patched.resource_version())
+}
+
+/// Deletes an owned child no longer desired (uid precondition: exactly the one we made).
+async fn prune(
+    rt: &Runtime,
+    owned: &Owned,
+    resource: &ApiResource,
+    dry_run: bool,
+) -> Result<Option<String>> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(rt.client.clone(), &owned.target.namespace, resource);
+    let params = DeleteParams {
+        dry_run,
+        preconditions: Some(Preconditions {
+            uid: Some(owned.uid.clone()),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&owned.target.name, &params).await {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None), // already gone
+        Err(source) => Err(Error::Write {
+            action: if dry_run {
+                "a dry-run delete"
+            } else {
+                "the delete"
+            },
+            target: owned.target.clone(),
+            source,
+        }),
+    }
+}
+
+impl Runtime {
+    pub(crate) fn child_resource(&self, target: &ObjRef) -> Result<ApiResource> {
+        self.children
+            .iter()
+            .find(|c| c.kind.api_version == target.api_version && c.kind.kind == target.kind)
+            .map(|c| c.watch.resource.clone())
+            .ok_or_else(|| Error::UnknownKind {
+                target: target.clone(),
+            })
+    }
+
+    /// The live object of a child's name, from the shared cache of its kind.
+    fn live_child(
+        &self,
+        resource: &ApiResource,
+        target: &ObjRef,
+    ) -> Option<std::sync::Arc<DynamicObject>> {
+        let watch = self.children.iter().find(|c| {
+            c.watch.resource.kind == resource.kind && c.watch.resource.group == resource.group
+        })?;
+        let key = ObjectRef::new_with(&target.name, resource.clone()).within(&target.namespace);
+        watch.watch.store.get(&key)
+    }
+}
+
+fn hash(body: &Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.to_string().hash(&mut h);
+    h.finish()
+}

@@ -1,0 +1,239 @@
+//! This controller's finalizer on parents (`wasmop.dev/<WasmController name>`, for
+//! `spec.plugin.finalize`): added and removed with its own field manager and a uid
+//! precondition, and released from every parent when the WasmController goes or stops
+//! finalizing.
+//!
+//! # Guarantees
+//! - Adding or removing the finalizer never recreates an object that is gone: the apply
+//!   carries the parent's `metadata.uid`, which the API server checks.
+//! - Nothing is stranded: [`release_all`] removes the finalizer from every parent in the
+//!   namespace (giving parents already being deleted one more `finalize`, bounded by
+//!   [`FINALIZE_GRACE`]). It is written as the team's account; only when the API server
+//!   refuses that account (a namespace being deleted loses its Roles before its parents) is
+//!   exactly this removal made with the operator's own account.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use crate::controller::{self, Runtime};
+use crate::plan::{Identity, ObjRef};
+use crate::watches::SharedKind;
+
+/// The WasmController's own finalizer while its parents may hold this controller's.
+pub const WASMCONTROLLER_FINALIZER: &str = "wasmop.dev/release-parents";
+/// The field manager of [`WASMCONTROLLER_FINALIZER`].
+pub const WASMCONTROLLER_FINALIZER_MANAGER: &str = "wasmop.dev/release-parents";
+/// `wasmop.dev/skip-finalize: <WasmController name>` on a parent being deleted: remove the
+/// finalizer without calling `finalize` (a way out for a `finalize` that can never succeed).
+pub const SKIP_ANNOTATION: &str = "wasmop.dev/skip-finalize";
+/// How long parents already being deleted get to `finalize` when their WasmController goes.
+pub const FINALIZE_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action} on {target}: {source}")]
+    Write {
+        action: &'static str,
+        target: ObjRef,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "cannot remove finalizer {finalizer} from {target}: the team's account may not patch it ({team}) and neither may the operator ({operator}). Grant the operator get and patch on {resource} with a ClusterRole labelled wasmop.dev/aggregate-to-release-finalizers=true (docs/security.md)"
+    )]
+    NoOneMayRelease {
+        finalizer: String,
+        target: ObjRef,
+        resource: String,
+        team: String,
+        operator: String,
+    },
+}
+
+/// Where this controller's finalizer lives and who may write it.
+pub struct Finalizers {
+    /// The parent kind.
+    pub resource: ApiResource,
+    pub namespace: String,
+    pub identity: Identity,
+    /// Acts as the WasmController's ServiceAccount.
+    pub team: Client,
+    /// The operator's own account: only to remove the finalizer when `team` may not.
+    pub operator: Client,
+}
+
+impl Finalizers {
+    fn target(&self, parent: &DynamicObject) -> ObjRef {
+        ObjRef {
+            api_version: self.resource.api_version.clone(),
+            kind: self.resource.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: parent.name_any(),
+        }
+    }
+
+    /// Whether `parent` carries this controller's finalizer.
+    pub fn held_by(&self, parent: &DynamicObject) -> bool {
+        parent.finalizers().contains(&self.identity.finalizer())
+    }
+
+    /// Parents in the namespace that carry the finalizer (from the cache).
+    pub fn holders(&self, parents: &SharedKind) -> Vec<Arc<DynamicObject>> {
+        parents
+            .in_namespace(&self.namespace)
+            .into_iter()
+            .filter(|p| self.held_by(p))
+            .collect()
+    }
+
+    /// Adds the finalizer (as the team). A parent that is gone stays gone.
+    ///
+    /// # Errors
+    /// The API server refuses the write.
+    pub async fn add(&self, parent: &DynamicObject) -> Result<(), Error> {
+        self.apply(&self.team, parent, true)
+            .await
+            .map_err(|source| Error::Write {
+                action: "adding the finalizer",
+                target: self.target(parent),
+                source,
+            })
+    }
+
+    /// Removes the finalizer: as the team, or, if the API server refuses the team, as the
+    /// operator (this write only). A parent that is gone stays gone.
+    ///
+    /// # Errors
+    /// Neither account may patch the parent, or another failure.
+    pub async fn remove(&self, parent: &DynamicObject) -> Result<(), Error> {
+        let write = |source| Error::Write {
+            action: "removing the finalizer",
+            target: self.target(parent),
+            source,
+        };
+        let team = match self.apply(&self.team, parent, false).await {
+            Ok(()) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 403 => e.message,
+            Err(source) => return Err(write(source)),
+        };
+        match self.apply(&self.operator, parent, false).await {
+            Ok(()) => {
+                tracing::info!(parent = %parent.name_any(), "finalizer removed with the operator's account: the team's account may no longer patch the parent");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => Err(Error::NoOneMayRelease {
+                finalizer: self.identity.finalizer(),
+                target: self.target(parent),
+                resource: format!("{}.{}", self.resource.plural, self.resource.group),
+                team,
+                operator: e.message,
+            }),
+            Err(source) => Err(write(source)),
+        }
+    }
+
+    /// A server-side apply of just this finalizer by its own field manager, to exactly this
+    /// object (uid). 404/409 mean the object is gone (or another one by now): nothing to do.
+    async fn apply(
+        &self,
+        client: &Client,
+        parent: &DynamicObject,
+        present: bool,
+    ) -> Result<(), kube::Error> {
+        let mut body = json!({
+            "apiVersion": self.resource.api_version, "kind": self.resource.kind,
+            "metadata": {"name": parent.name_any(), "namespace": self.namespace, "uid": parent.uid()},
+        });
+        if present {
+            body["metadata"]["finalizers"] = json!([self.identity.finalizer()]);
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &self.namespace, &self.resource);
+        let params = PatchParams::apply(&self.identity.finalizer_manager()).force();
+        match api
+            .patch(&parent.name_any(), &params, &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Removes this controller's finalizer from every parent in the namespace, a round at a time
+/// (the caller shows progress between rounds). With `finalize` (the stopped controller),
+/// parents already being deleted first get `finalize` called until it succeeds or
+/// [`FINALIZE_GRACE`] passes; a team account that may no longer act releases at once.
+pub struct Release<'a> {
+    finalizers: &'a Finalizers,
+    parents: &'a SharedKind,
+    finalize: Option<&'a Runtime>,
+    deadline: Instant,
+    released: HashSet<Option<String>>,
+    /// How many parents held the finalizer when the release began.
+    pub total: usize,
+}
+
+impl<'a> Release<'a> {
+    pub fn new(
+        finalizers: &'a Finalizers,
+        parents: &'a SharedKind,
+        finalize: Option<&'a Runtime>,
+    ) -> Self {
+        Release {
+            finalizers,
+            parents,
+            finalize,
+            deadline: Instant::now() + FINALIZE_GRACE,
+            released: HashSet::new(),
+            total: finalizers.holders(parents).len(),
+        }
+    }
+
+    /// Parents still holding the finalizer (not yet released by this release).
+    fn left(&self) -> Vec<Arc<DynamicObject>> {
+        self.finalizers
+            .holders(self.parents)
+            .into_iter()
+            .filter(|p| !self.released.contains(&p.uid()))
+            .collect()
+    }
+
+    /// One round over the parents still holding the finalizer. Returns how many are left.
+    ///
+    /// # Errors
+    /// A finalizer could not be removed (the caller retries later).
+    pub async fn round(&mut self) -> Result<usize, Error> {
+        for parent in self.left() {
+            let deleting = parent.metadata.deletion_timestamp.is_some();
+            if let Some(rt) = self.finalize
+                && deleting
+                && Instant::now() < self.deadline
+            {
+                match controller::reconcile_parent(&parent, rt).await {
+                    Ok(outcome) if outcome.released => {
+                        self.released.insert(parent.uid());
+                        continue;
+                    }
+                    Err(controller::Error::Forbidden(error)) => {
+                        tracing::info!(parent = %parent.name_any(), %error, "the team's account can no longer finalize: releasing");
+                    }
+                    Ok(_) => continue, // not finalized yet: again until the deadline
+                    Err(error) => {
+                        tracing::info!(parent = %parent.name_any(), %error, "finalize failed; retrying until the grace period ends");
+                        continue;
+                    }
+                }
+            }
+            self.finalizers.remove(&parent).await?;
+            self.released.insert(parent.uid());
+        }
+        Ok(self.left().len())
+    }
+}
