@@ -104,59 +104,67 @@ pub fn wasmop_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The shared control plane and the real `wasmop` binary running against it.
+/// The shared control plane and the real `wasmop` binary running against it (as the
+/// control plane's admin).
 pub async fn operator() -> Result<(&'static ControlPlane, &'static Operator)> {
     let cp = cluster().await?;
     let op = OPERATOR
-        .get_or_try_init(|| async {
-            let bin = wasmop_bin()?;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
-            let dir = tempdir("wasmop-e2e")?;
-            // WASMOP_E2E_KEEP=1 keeps the operator's log and cache for a post-mortem.
-            let keep = std::env::var_os("WASMOP_E2E_KEEP").is_some();
-            if keep {
-                eprintln!("wasmop-e2e: keeping {}", dir.display());
-            }
-            let supervisor = Supervisor::start((!keep).then_some(dir.as_path()))?;
-            let log = dir.join("wasmop.log");
-            let args: Vec<String> = vec![
-                "run".into(),
-                "--metrics-addr".into(),
-                format!("127.0.0.1:{port}"),
-                "--cache-dir".into(),
-                dir.join("cache").to_string_lossy().into(),
-                "--kubeconfig".into(),
-                cp.kubeconfig().to_string_lossy().into(),
-            ];
-            let proc = supervisor.spawn("wasmop", &bin, &args, &log)?;
-            let metrics_url = format!("http://127.0.0.1:{port}");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while http_get(&format!("{metrics_url}/readyz"))
-                .await
-                .ok()
-                .map(|(code, _)| code)
-                != Some(200)
-            {
-                if Instant::now() > deadline {
-                    bail!(
-                        "wasmop did not become ready in 60 s; log {}:\n{}",
-                        log.display(),
-                        localcp::supervisor::log_tail(&log, 40)
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Ok(Operator {
-                metrics_url,
-                log,
-                _supervisor: supervisor,
-                _proc: std::sync::Mutex::new(proc),
-            })
-        })
+        .get_or_try_init(|| start_operator(cp.kubeconfig()))
         .await?;
     Ok((cp, op))
+}
+
+/// Starts another `wasmop run` with the credentials of `kubeconfig` (e.g. a ServiceAccount
+/// token with only the operator's documented rights); stopped when the returned value drops.
+///
+/// # Errors
+/// It cannot be started or does not become ready within 60 s (the error has its log).
+pub async fn start_operator(kubeconfig: &Path) -> Result<Operator> {
+    let bin = wasmop_bin()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = tempdir("wasmop-e2e")?;
+    // WASMOP_E2E_KEEP=1 keeps the operator's log and cache for a post-mortem.
+    let keep = std::env::var_os("WASMOP_E2E_KEEP").is_some();
+    if keep {
+        eprintln!("wasmop-e2e: keeping {}", dir.display());
+    }
+    let supervisor = Supervisor::start((!keep).then_some(dir.as_path()))?;
+    let log = dir.join("wasmop.log");
+    let args: Vec<String> = vec![
+        "run".into(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--cache-dir".into(),
+        dir.join("cache").to_string_lossy().into(),
+        "--kubeconfig".into(),
+        kubeconfig.to_string_lossy().into(),
+    ];
+    let proc = supervisor.spawn("wasmop", &bin, &args, &log)?;
+    let metrics_url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(&format!("{metrics_url}/readyz"))
+        .await
+        .ok()
+        .map(|(code, _)| code)
+        != Some(200)
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "wasmop did not become ready in 60 s; log {}:\n{}",
+                log.display(),
+                localcp::supervisor::log_tail(&log, 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(Operator {
+        metrics_url,
+        log,
+        _supervisor: supervisor,
+        _proc: std::sync::Mutex::new(proc),
+    })
 }
 
 impl Operator {

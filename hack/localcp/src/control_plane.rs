@@ -687,7 +687,8 @@ impl Local {
             let args = vec![
                 format!("--kubeconfig={}", local.kubeconfig.display()),
                 "--controllers=garbage-collector-controller,namespace-controller,\
-                 serviceaccount-controller,serviceaccount-token-controller"
+                 serviceaccount-controller,serviceaccount-token-controller,\
+                 clusterrole-aggregation-controller"
                     .into(),
                 format!(
                     "--service-account-private-key-file={}",
