@@ -13,16 +13,14 @@
 //!   exactly this removal made with the operator's own account.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::controller::{self, Runtime};
 use crate::plan::{Identity, ObjRef};
-use crate::watches::SharedKind;
 
 /// The WasmController's own finalizer while its parents may hold this controller's.
 pub const WASMCONTROLLER_FINALIZER: &str = "wasmop.dev/release-parents";
@@ -44,7 +42,7 @@ pub enum Error {
         source: kube::Error,
     },
     #[error(
-        "cannot remove finalizer {finalizer} from {target}: the team's account may not patch it ({team}) and neither may the operator ({operator}). Grant the operator get and patch on {resource} with a ClusterRole labelled wasmop.dev/aggregate-to-release-finalizers=true (docs/security.md)"
+        "cannot release finalizer {finalizer} from {target}: the team's account may no longer do it ({team}) and neither may the operator ({operator}). Grant the operator get, list and patch on {resource} with a ClusterRole labelled wasmop.dev/aggregate-to-release-finalizers=true (docs/security.md)"
     )]
     NoOneMayRelease {
         finalizer: String,
@@ -80,15 +78,6 @@ impl Finalizers {
     /// Whether `parent` carries this controller's finalizer.
     pub fn held_by(&self, parent: &DynamicObject) -> bool {
         parent.finalizers().contains(&self.identity.finalizer())
-    }
-
-    /// Parents in the namespace that carry the finalizer (from the cache).
-    pub fn holders(&self, parents: &SharedKind) -> Vec<Arc<DynamicObject>> {
-        parents
-            .in_namespace(&self.namespace)
-            .into_iter()
-            .filter(|p| self.held_by(p))
-            .collect()
     }
 
     /// Adds the finalizer (as the team). A parent that is gone stays gone.
@@ -170,9 +159,11 @@ impl Finalizers {
 /// (the caller shows progress between rounds). With `finalize` (the stopped controller),
 /// parents already being deleted first get `finalize` called until it succeeds or
 /// [`FINALIZE_GRACE`] passes; a team account that may no longer act releases at once.
+///
+/// Parents are listed afresh each round (as the team, or the operator when the team may no
+/// longer list them): releasing must not depend on a cache that may no longer be fed.
 pub struct Release<'a> {
     finalizers: &'a Finalizers,
-    parents: &'a SharedKind,
     finalize: Option<&'a Runtime>,
     deadline: Instant,
     released: HashSet<Option<String>>,
@@ -181,28 +172,67 @@ pub struct Release<'a> {
 }
 
 impl<'a> Release<'a> {
-    pub fn new(
+    /// # Errors
+    /// Neither account may list the parents.
+    pub async fn new(
         finalizers: &'a Finalizers,
-        parents: &'a SharedKind,
         finalize: Option<&'a Runtime>,
-    ) -> Self {
-        Release {
+    ) -> Result<Self, Error> {
+        let mut release = Release {
             finalizers,
-            parents,
             finalize,
             deadline: Instant::now() + FINALIZE_GRACE,
             released: HashSet::new(),
-            total: finalizers.holders(parents).len(),
-        }
+            total: 0,
+        };
+        release.total = release.left().await?.len();
+        Ok(release)
     }
 
     /// Parents still holding the finalizer (not yet released by this release).
-    fn left(&self) -> Vec<Arc<DynamicObject>> {
-        self.finalizers
-            .holders(self.parents)
+    async fn left(&self) -> Result<Vec<DynamicObject>, Error> {
+        let f = self.finalizers;
+        let list = async |client: &Client| {
+            Api::<DynamicObject>::namespaced_with(client.clone(), &f.namespace, &f.resource)
+                .list(&ListParams::default())
+                .await
+        };
+        let parents = match list(&f.team).await {
+            Ok(list) => list,
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                list(&f.operator)
+                    .await
+                    .map_err(|source| Error::NoOneMayRelease {
+                        finalizer: f.identity.finalizer(),
+                        target: ObjRef {
+                            api_version: f.resource.api_version.clone(),
+                            kind: f.resource.kind.clone(),
+                            namespace: f.namespace.clone(),
+                            name: "*".into(),
+                        },
+                        resource: format!("{}.{}", f.resource.plural, f.resource.group),
+                        team: e.message,
+                        operator: source.to_string(),
+                    })?
+            }
+            Err(source) => {
+                return Err(Error::Write {
+                    action: "listing the parents",
+                    target: ObjRef {
+                        api_version: f.resource.api_version.clone(),
+                        kind: f.resource.kind.clone(),
+                        namespace: f.namespace.clone(),
+                        name: "*".into(),
+                    },
+                    source,
+                });
+            }
+        };
+        Ok(parents
+            .items
             .into_iter()
-            .filter(|p| !self.released.contains(&p.uid()))
-            .collect()
+            .filter(|p| f.held_by(p) && !self.released.contains(&p.uid()))
+            .collect())
     }
 
     /// One round over the parents still holding the finalizer. Returns how many are left.
@@ -210,7 +240,7 @@ impl<'a> Release<'a> {
     /// # Errors
     /// A finalizer could not be removed (the caller retries later).
     pub async fn round(&mut self) -> Result<usize, Error> {
-        for parent in self.left() {
+        for parent in self.left().await? {
             let deleting = parent.metadata.deletion_timestamp.is_some();
             if let Some(rt) = self.finalize
                 && deleting
@@ -234,6 +264,6 @@ impl<'a> Release<'a> {
             self.finalizers.remove(&parent).await?;
             self.released.insert(parent.uid());
         }
-        Ok(self.left().len())
+        Ok(self.left().await?.len())
     }
 }

@@ -15,7 +15,7 @@
 //! - [`plugin`]: the Extism host (the only module naming extism/wasmtime): compile cache,
 //!   instance pool, limits, error classification.
 //! - [`source`]: plugin bytes from a ConfigMap or file; gzip/zstd; sha256.
-//! - [`watches`]: one shared watch + cache per kind for every controller.
+//! - [`watches`]: watches and caches opened as a team's account in its namespace, shared.
 //! - [`related`]: `spec.related`: API-contract references and selectors.
 //! - [`access`]: impersonated clients and cached access reviews (least privilege).
 //! - [`metrics`]: Prometheus metrics and health endpoints.
@@ -82,6 +82,8 @@ pub struct RunOptions {
     pub cache_dir: Option<PathBuf>,
     /// Allow `spec.plugin.source.file` (development only).
     pub allow_file_plugins: bool,
+    /// Operator-wide limits on one plugin response.
+    pub response_limits: plan::ResponseLimits,
 }
 
 /// Runs the operator until `shutdown` resolves.
@@ -99,13 +101,14 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
     let bound = metrics::serve(opts.metrics_addr, metrics.clone(), ready.clone()).await?;
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
     let ctx = Arc::new(manager::Context {
-        watches: watches::Watches::new(client.clone(), metrics.clone()),
+        watches: watches::Watches::new(metrics.clone()),
         host: plugin::Host::new(opts.cache_dir)?,
         access: Arc::new(access::Access::new(client.clone())),
         client,
         config,
         metrics,
         allow_file_plugins: opts.allow_file_plugins,
+        response_limits: opts.response_limits,
     });
     manager::run(ctx, ready, shutdown).await;
     Ok(())

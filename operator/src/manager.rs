@@ -57,6 +57,9 @@ fn retry_delays() -> Box<dyn Iterator<Item = Duration> + Send> {
     )
 }
 
+/// The shortest `spec.resyncPeriod` accepted.
+pub const MIN_RESYNC: Duration = Duration::from_secs(10);
+
 /// How long a replaced or deleted controller may take to finish in-flight reconciles.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -76,7 +79,9 @@ pub enum Error {
         "{field}: {kind} is cluster-scoped; a WasmController reconciles namespaced kinds in its own namespace"
     )]
     ClusterScoped { field: String, kind: KindRef },
-    #[error("spec.resyncPeriod: {value:?} is not a duration like 30s, 5m or 1h")]
+    #[error(
+        "spec.resyncPeriod: {value:?} is not a duration of at least 10s like 30s, 5m or 1h (a resync reconciles every parent; faster is a hot loop)"
+    )]
     BadResync { value: String },
     #[error(transparent)]
     Access(#[from] access::Error),
@@ -116,7 +121,7 @@ impl Error {
 
 /// Operator-wide shared state.
 pub struct Context {
-    /// The operator's own client (shared watches, access reviews, WasmController status).
+    /// The operator's own client (WasmControllers, access reviews, finalizer release).
     pub client: Client,
     /// The base configuration impersonated clients are derived from.
     pub config: kube::Config,
@@ -125,6 +130,8 @@ pub struct Context {
     pub access: Arc<Access>,
     pub metrics: Metrics,
     pub allow_file_plugins: bool,
+    /// Operator-wide limits on one plugin response.
+    pub response_limits: crate::plan::ResponseLimits,
 }
 
 type Key = (String, String);
@@ -155,18 +162,25 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: impl Futur
             () = &mut shutdown => break,
         };
         let keys: Vec<Key> = match event {
-            Some(Ok(
-                watcher::Event::Apply(wc)
-                | watcher::Event::Delete(wc)
-                | watcher::Event::InitApply(wc),
-            )) => {
+            Some(Ok(watcher::Event::Apply(wc) | watcher::Event::Delete(wc))) => {
                 vec![(wc.namespace().unwrap_or_default(), wc.name_any())]
             }
+            // A (re)list lands in the store only at InitDone: a slot woken for an InitApply
+            // would not find its WasmController yet and take it for deleted. So every slot is
+            // synced once the list is in: each listed object, and each one that vanished.
             Some(Ok(watcher::Event::InitDone)) => {
                 ready.store(true, Ordering::Relaxed);
-                slots.keys().cloned().collect() // objects deleted while the watch was down
+                let mut keys: Vec<Key> = store
+                    .state()
+                    .iter()
+                    .map(|wc| (wc.namespace().unwrap_or_default(), wc.name_any()))
+                    .collect();
+                keys.extend(slots.keys().cloned());
+                keys.sort();
+                keys.dedup();
+                keys
             }
-            Some(Ok(watcher::Event::Init)) => continue,
+            Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
             Some(Err(error)) => {
                 tracing::warn!(%error, "WasmController watch error; retrying with backoff");
                 continue;
@@ -230,6 +244,8 @@ struct Slot {
         Box<dyn Iterator<Item = Duration> + Send>,
         tokio::task::AbortHandle,
     )>,
+    /// A pending re-check of the `Throttled` condition.
+    recheck: Option<tokio::task::AbortHandle>,
 }
 
 /// Runs one WasmController's slot until it is deleted (and has released its parents) or the
@@ -265,6 +281,7 @@ async fn slot(
         source_watch: None,
         load_error: None,
         retry: None,
+        recheck: None,
     };
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -297,6 +314,16 @@ async fn slot(
         .await
         {
             tracing::warn!(parent: &slot.span, %error, "could not update WasmController status");
+        }
+        if let Some(after) = throttle_recheck(slot.running.as_ref()) {
+            let again = slot.signals.clone();
+            let timer = tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = again.send(Signal::Health);
+            });
+            if let Some(old) = slot.recheck.replace(timer.abort_handle()) {
+                old.abort();
+            }
         }
     }
     health_forward.abort();
@@ -436,6 +463,9 @@ impl Slot {
     }
 
     async fn shutdown(mut self) {
+        if let Some(recheck) = self.recheck.take() {
+            recheck.abort();
+        }
         if let Some((_, task)) = self.source_watch.take() {
             task.abort();
         }
@@ -462,7 +492,6 @@ async fn release(
         Err(Error::KindNotServed { .. } | Error::ClusterScoped { .. }) => return Ok(()), // no parents
         Err(error) => return Err(error),
     };
-    let parents = ctx.watches.get(&parent_ar).await?;
     let releaser = Finalizers {
         resource: parent_ar,
         namespace: ns.clone(),
@@ -470,7 +499,7 @@ async fn release(
         team: access::impersonated(&ctx.config, &ns, &wc.spec.service_account_name)?,
         operator: ctx.client.clone(),
     };
-    let mut release = finalizers::Release::new(&releaser, &parents, finalize);
+    let mut release = finalizers::Release::new(&releaser, finalize).await?;
     let mut shown = None;
     loop {
         let left = release.round().await?;
@@ -549,6 +578,7 @@ async fn prepare(
             .as_deref()
             .unwrap_or(crate::crd::DEFAULT_RESYNC),
     )
+    .filter(|d| *d >= MIN_RESYNC)
     .ok_or_else(|| Error::BadResync {
         value: spec.resync_period.clone().unwrap_or_default(),
     })?;
@@ -609,12 +639,23 @@ async fn prepare(
             .into());
         }
     }
-    let parent = ctx.watches.get(&parent_ar).await?;
+    // Watches as the team's account in its namespace; children only through wasmop's label
+    // (any controller's: one watch per kind serves every controller of this account).
+    let scope = |labels| watches::Scope {
+        namespace: ns.clone(),
+        service_account: spec.service_account_name.clone(),
+        labels,
+    };
+    let parent = ctx.watches.get(&client, &scope(None), &parent_ar).await?;
+    let selector = Some(crate::plan::CONTROLLER_LABEL.to_string());
     let mut children = Vec::new();
     for (kind, ar) in child_ars {
         children.push(ChildKind {
             kind,
-            watch: ctx.watches.get(&ar).await?,
+            watch: ctx
+                .watches
+                .get(&client, &scope(selector.clone()), &ar)
+                .await?,
         });
     }
     let runtime = Arc::new(Runtime::new(
@@ -629,6 +670,7 @@ async fn prepare(
         ctx.access.clone(),
         ctx.metrics.clone(),
         resync,
+        ctx.response_limits,
         health.clone(),
     ));
     let label = format!("{ns}/{}", wc.name_any());
@@ -773,6 +815,11 @@ async fn write_status(
                 )
             }
         });
+        conditions.push(throttled_condition(
+            &r.runtime,
+            &wc.spec.parent.kind,
+            generation,
+        ));
     }
     let current = wc.status.clone().unwrap_or_default();
     for c in &mut conditions {
@@ -809,6 +856,49 @@ async fn write_status(
     )
     .await?;
     Ok(())
+}
+
+/// How long a parent the rate limit held back is reported after the last time it was.
+pub const THROTTLE_SHOWN: Duration = Duration::from_secs(60);
+
+/// `Throttled`: whether the per-parent rate limit held any parent back in the last
+/// [`THROTTLE_SHOWN`]. Older entries are dropped here.
+fn throttled_condition(rt: &Runtime, kind: &str, generation: Option<i64>) -> Condition {
+    let mut throttled = rt.throttled.lock().unwrap();
+    throttled.retain(|_, at| at.elapsed() < THROTTLE_SHOWN);
+    match throttled.keys().next() {
+        None => condition(
+            "Throttled",
+            "False",
+            "WithinRate",
+            "no parent is reconciled faster than the rate limit",
+            generation,
+        ),
+        Some(parent) => {
+            let more = match throttled.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            condition(
+                "Throttled",
+                "True",
+                "RateLimited",
+                &format!(
+                    "{kind} {parent}{more}: reconciled more often than {} in a burst and {}/s; held to that rate. Is requeueAfterSeconds too small, or does the plugin write a status that changes on every reconcile?",
+                    controller::RATE_BURST,
+                    controller::RATE_PER_SECOND
+                ),
+                generation,
+            )
+        }
+    }
+}
+
+/// When the `Throttled` condition may change by time alone (an entry ages out).
+fn throttle_recheck(running: Option<&Running>) -> Option<Duration> {
+    let throttled = running?.runtime.throttled.lock().unwrap();
+    let oldest = throttled.values().min()?;
+    Some(THROTTLE_SHOWN.saturating_sub(oldest.elapsed()) + Duration::from_secs(1))
 }
 
 fn condition(

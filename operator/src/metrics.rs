@@ -30,9 +30,14 @@ pub struct Metrics {
     /// Controllers running, plugins loaded, shared watches open.
     pub controllers: IntGauge,
     pub plugins_loaded: IntGaugeVec,
-    /// Shared watches open, by `kind` (`Kind.apiVersion`): 1 each, however many controllers.
+    /// Watches open, by `kind` (`Kind.apiVersion`) and `namespace`: each opened as a team's
+    /// account in its namespace, shared by the controllers of that account.
     pub watches: IntGaugeVec,
+    /// Objects held in the watch caches, by `kind` and `namespace`.
+    pub cached_objects: IntGaugeVec,
     pub watch_errors: IntCounterVec,
+    /// Reconciles postponed by the per-parent rate limit, by controller.
+    pub reconciles_throttled: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -77,16 +82,29 @@ impl Metrics {
         registry
             .register(Box::new(plugins_loaded.clone()))
             .expect("registered once");
-        let watches = IntGaugeVec::new(
-            Opts::new("watches", "Shared watches open, by kind (one per kind)"),
-            &["kind"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(watches.clone()))
-            .expect("registered once");
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
         Metrics {
-            watches,
+            watches: gauges(
+                "watches",
+                "Watches open, by kind and namespace (shared per team account)",
+                &["kind", "namespace"],
+            ),
+            cached_objects: gauges(
+                "cached_objects",
+                "Objects in the watch caches, by kind and namespace",
+                &["kind", "namespace"],
+            ),
+            reconciles_throttled: by(
+                "reconciles_throttled_total",
+                "Reconciles postponed by the per-parent rate limit",
+                &["controller"],
+            ),
             reconciles: by(
                 "reconciles_total",
                 "Reconciles by controller and result",

@@ -1,21 +1,33 @@
-//! One watch per kind, shared by every controller that needs it.
+//! Watches opened as a team's ServiceAccount in its namespace, shared by the controllers that
+//! would open the same one.
 //!
-//! The first controller that asks for a kind starts a cluster-wide watcher + reflector for it;
-//! later ones share the store and subscribe to its changes; when the last user drops its
-//! handle the watch stops. So the hundredth WasmController over `ConfigMap` costs no new watch.
+//! A watch is keyed by (namespace, ServiceAccount, kind, label selector): the parent kind is
+//! watched whole in the namespace, children only through the `wasmop.dev/controller` label
+//! (objects wasmop made; an object of a desired child's name without it is found by the
+//! create that fails because it exists). The API server enforces the team's read RBAC on the watch
+//! itself, and the operator needs no cluster-wide reads of the kinds teams name. When the last
+//! user drops its handle the watch stops.
 //!
 //! Changes fan out on a lossy broadcast channel rather than kube-runtime's back-pressured
-//! dispatcher: a slow or stopped controller can never stall the watch that every other
-//! controller depends on. A subscriber that falls behind gets the current store contents
-//! replayed instead (reconciles are level-based, so nothing is lost).
+//! dispatcher: a slow or stopped controller can never stall a watch other controllers depend
+//! on. A subscriber that falls behind gets the current store contents replayed instead
+//! (reconciles are level-based, so nothing is lost).
+//!
+//! # Relists
+//! kube-runtime's reflector fills its store with a new list only at `InitDone` (the objects of
+//! `InitApply` are buffered until then). So nothing is sent for `InitApply`; at `InitDone`
+//! every object of the new list is sent, and every object that vanished while the watch was
+//! down is sent too (no longer in the store: subscribers see it is gone). An object created
+//! or deleted during an outage is therefore reconciled as soon as the watch recovers, without
+//! relying on resync.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, stream};
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::broadcast;
@@ -30,23 +42,39 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "the initial list of {kind} ({api_version}) did not complete within {READY_TIMEOUT:?}: may the operator's own account list and watch it cluster-wide? Grant it with a ClusterRole labelled wasmop.dev/aggregate-to-watch=true (samples/operator/rbac.yaml, docs/security.md)"
+        "the initial list of {kind} ({api_version}) in namespace {namespace} as ServiceAccount {service_account} did not complete within {READY_TIMEOUT:?}: may that account list and watch it? (the operator's log has the API server's answer)"
     )]
-    NotReady { api_version: String, kind: String },
+    NotReady {
+        api_version: String,
+        kind: String,
+        namespace: String,
+        service_account: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The registry of shared watches.
-pub struct Watches {
-    client: Client,
-    metrics: Metrics,
-    kinds: Mutex<HashMap<(String, String, String), Weak<SharedKind>>>,
+/// Who watches what: a team's account, in its namespace, one kind, optionally by label.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Scope {
+    pub namespace: String,
+    pub service_account: String,
+    /// A label selector (children: `wasmop.dev/controller`, i.e. made by wasmop), or every object.
+    pub labels: Option<String>,
 }
 
-/// One kind's watch: a store of every object of the kind and a change feed.
+type Key = (Scope, String, String, String); // scope, group, version, plural
+
+/// The registry of watches.
+pub struct Watches {
+    metrics: Metrics,
+    kinds: Mutex<HashMap<Key, Weak<SharedKind>>>,
+}
+
+/// One watch: a store of the kind's objects in scope and a change feed.
 pub struct SharedKind {
     pub resource: ApiResource,
+    pub scope: Scope,
     pub store: Store<DynamicObject>,
     /// Set by the watch task once the initial list is in the store. (Not
     /// `Store::wait_until_ready`: its one-shot receiver wakes only the last of several
@@ -57,45 +85,56 @@ pub struct SharedKind {
     metrics: Metrics,
 }
 
+fn kind_label(resource: &ApiResource) -> String {
+    wasmop_abi::child_key(&resource.api_version, &resource.kind)
+}
+
 impl Drop for SharedKind {
     fn drop(&mut self) {
         self.task.abort();
+        let labels = [kind_label(&self.resource), self.scope.namespace.clone()];
+        let labels = [labels[0].as_str(), labels[1].as_str()];
+        self.metrics.watches.with_label_values(&labels).dec();
         self.metrics
-            .watches
-            .with_label_values(&[&wasmop_abi::child_key(
-                &self.resource.api_version,
-                &self.resource.kind,
-            )])
-            .dec();
-        tracing::info!(kind = %self.resource.kind, api_version = %self.resource.api_version, "watch stopped (no more users)");
+            .cached_objects
+            .with_label_values(&labels)
+            .sub(i64::try_from(self.store.len()).unwrap_or(0));
+        tracing::info!(kind = %self.resource.kind, namespace = %self.scope.namespace, "watch stopped (no more users)");
     }
 }
 
 impl Watches {
-    pub fn new(client: Client, metrics: Metrics) -> Self {
+    pub fn new(metrics: Metrics) -> Self {
         Watches {
-            client,
             metrics,
             kinds: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The shared watch of `resource`, started if nobody holds it, once its initial list is in.
+    /// The watch of `resource` in `scope`, made with `client` (which acts as the scope's
+    /// ServiceAccount), started if nobody holds it, once its initial list is in.
     ///
     /// # Errors
     /// [`Error::NotReady`] when the initial list does not complete in time.
-    pub async fn get(&self, resource: &ApiResource) -> Result<Arc<SharedKind>> {
+    pub async fn get(
+        &self,
+        client: &Client,
+        scope: &Scope,
+        resource: &ApiResource,
+    ) -> Result<Arc<SharedKind>> {
         let key = (
+            scope.clone(),
             resource.group.clone(),
             resource.version.clone(),
             resource.plural.clone(),
         );
         let shared = {
             let mut kinds = self.kinds.lock().unwrap();
+            kinds.retain(|_, weak| weak.strong_count() > 0);
             match kinds.get(&key).and_then(Weak::upgrade) {
                 Some(shared) => shared,
                 None => {
-                    let shared = Arc::new(self.start(resource.clone()));
+                    let shared = Arc::new(self.start(client, scope.clone(), resource.clone()));
                     kinds.insert(key, Arc::downgrade(&shared));
                     shared
                 }
@@ -105,6 +144,8 @@ impl Watches {
         let not_ready = || Error::NotReady {
             api_version: resource.api_version.clone(),
             kind: resource.kind.clone(),
+            namespace: scope.namespace.clone(),
+            service_account: scope.service_account.clone(),
         };
         tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r))
             .await
@@ -113,55 +154,107 @@ impl Watches {
         Ok(shared)
     }
 
-    fn start(&self, resource: ApiResource) -> SharedKind {
+    fn start(&self, client: &Client, scope: Scope, resource: ApiResource) -> SharedKind {
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
         let (tx, _) = broadcast::channel(FANOUT_BUFFER);
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
-        let feed = tx.clone();
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &scope.namespace, &resource);
+        let mut config = watcher::Config::default();
+        if let Some(labels) = &scope.labels {
+            config = config.labels(labels);
+        }
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
-        let (kind, metrics) = (resource.kind.clone(), self.metrics.clone());
-        let task = tokio::spawn(async move {
-            let mut events = std::pin::pin!(
-                watcher(api, watcher::Config::default())
-                    .default_backoff()
-                    .reflect(writer)
-            );
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(
-                        watcher::Event::Apply(obj)
-                        | watcher::Event::Delete(obj)
-                        | watcher::Event::InitApply(obj),
-                    ) => {
-                        let _ = feed.send(Arc::new(obj)); // no subscribers yet is fine
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        ready_tx.send_replace(true); // the store holds the initial list now
-                    }
-                    Ok(watcher::Event::Init) => {}
-                    Err(error) => {
-                        metrics.watch_errors.with_label_values(&[&kind]).inc();
-                        tracing::warn!(%kind, %error, "watch error; retrying with backoff");
-                    }
-                }
-            }
-        });
+        let fanout = Fanout {
+            feed: tx.clone(),
+            store: store.clone(),
+            resource: resource.clone(),
+            namespace: scope.namespace.clone(),
+            metrics: self.metrics.clone(),
+            before_relist: Vec::new(),
+        };
+        let task = tokio::spawn(fanout.run(
+            watcher(api, config).default_backoff().reflect(writer),
+            ready_tx,
+        ));
+        let kind = kind_label(&resource);
         self.metrics
             .watches
-            .with_label_values(&[&wasmop_abi::child_key(
-                &resource.api_version,
-                &resource.kind,
-            )])
+            .with_label_values(&[kind.as_str(), scope.namespace.as_str()])
             .inc();
-        tracing::info!(kind = %resource.kind, api_version = %resource.api_version, "watch started");
+        tracing::info!(kind = %resource.kind, namespace = %scope.namespace, service_account = %scope.service_account, labels = ?scope.labels, "watch started");
         SharedKind {
             resource,
+            scope,
             store,
             ready,
             tx,
             task: task.abort_handle(),
             metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Sends a watch's changes to its subscribers once the store has them.
+struct Fanout {
+    feed: broadcast::Sender<Arc<DynamicObject>>,
+    store: Store<DynamicObject>,
+    resource: ApiResource,
+    namespace: String,
+    metrics: Metrics,
+    /// The store's objects when a relist began.
+    before_relist: Vec<Arc<DynamicObject>>,
+}
+
+impl Fanout {
+    async fn run(
+        mut self,
+        events: impl Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>>,
+        ready: tokio::sync::watch::Sender<bool>,
+    ) {
+        let kind = kind_label(&self.resource);
+        let cached = self
+            .metrics
+            .cached_objects
+            .with_label_values(&[kind.as_str(), self.namespace.as_str()]);
+        let mut counted = 0i64;
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
+                    let _ = self.feed.send(Arc::new(obj)); // no subscribers yet is fine
+                }
+                Ok(watcher::Event::Init) => self.before_relist = self.store.state(),
+                Ok(watcher::Event::InitApply(_)) => {} // not in the store before InitDone
+                Ok(watcher::Event::InitDone) => {
+                    self.relisted();
+                    ready.send_replace(true);
+                }
+                Err(error) => {
+                    self.metrics.watch_errors.with_label_values(&[&kind]).inc();
+                    tracing::warn!(%kind, namespace = %self.namespace, %error, "watch error; retrying with backoff");
+                }
+            }
+            let now = i64::try_from(self.store.len()).unwrap_or(i64::MAX);
+            cached.add(now - counted);
+            counted = now;
+        }
+    }
+
+    /// The new list is in the store: every object of it, and every one that vanished.
+    fn relisted(&mut self) {
+        let now = self.store.state();
+        let present: HashSet<ObjectRef<DynamicObject>> = now
+            .iter()
+            .map(|o| ObjectRef::from_obj_with(o.as_ref(), self.resource.clone()))
+            .collect();
+        let vanished = std::mem::take(&mut self.before_relist)
+            .into_iter()
+            .filter(|o| {
+                !present.contains(&ObjectRef::from_obj_with(o.as_ref(), self.resource.clone()))
+            });
+        for obj in now.into_iter().chain(vanished) {
+            let _ = self.feed.send(obj);
         }
     }
 }
