@@ -122,6 +122,7 @@ impl Error {
         match self {
             Error::Forbidden(_) => "forbidden",
             Error::Plugin(e) => e.metric_label(),
+            Error::Plan(plan::Error::TooLarge { .. }) => "response_too_large",
             Error::InvalidOutput { .. } | Error::Plan(_) | Error::UnknownKind { .. } => {
                 "invalid_output"
             }
@@ -138,6 +139,7 @@ impl Error {
         match self {
             Error::Forbidden(_) => "Forbidden",
             Error::Plugin(e) => e.reason(),
+            Error::Plan(plan::Error::TooLarge { .. }) => "ResponseTooLarge",
             Error::InvalidOutput { .. } | Error::Plan(_) | Error::UnknownKind { .. } => {
                 "InvalidResponse"
             }
@@ -176,6 +178,42 @@ pub struct Failure {
     pub message: String,
 }
 
+/// Reconciles a parent may have in a burst.
+pub const RATE_BURST: f64 = 10.0;
+/// Reconciles per second a parent is held to once its burst is spent.
+pub const RATE_PER_SECOND: f64 = 1.0;
+
+/// A token bucket: [`RATE_BURST`] tokens, refilled at [`RATE_PER_SECOND`]. (Hand-written
+/// rather than a rate-limiting crate: its state lives and is evicted with the parent's other
+/// per-parent state.)
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full() -> Self {
+        Bucket {
+            tokens: RATE_BURST,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token at `now`, or returns how long until one is there.
+    fn take(&mut self, now: Instant) -> Option<Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * RATE_PER_SECOND).min(RATE_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return None;
+        }
+        Some(Duration::from_secs_f64(
+            (1.0 - self.tokens) / RATE_PER_SECOND,
+        ))
+    }
+}
+
 /// Everything one running WasmController needs.
 pub struct Runtime {
     pub namespace: String,
@@ -196,6 +234,12 @@ pub struct Runtime {
     /// Per parent: what we last applied, by target (hash of the body, resourceVersion).
     pub(crate) applied: Mutex<HashMap<String, AppliedByTarget>>,
     backoff: Mutex<HashMap<String, Box<dyn Iterator<Item = Duration> + Send>>>,
+    /// Per parent: the rate limit's bucket.
+    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Parents the rate limit held back, and when it last did; the manager reports them.
+    pub throttled: Mutex<BTreeMap<String, Instant>>,
+    /// Operator-wide limits on one plugin response.
+    pub limits: plan::ResponseLimits,
     /// Current failures by parent name; the manager reports them on the WasmController.
     pub failures: Mutex<BTreeMap<String, Failure>>,
     health: mpsc::UnboundedSender<()>,
@@ -215,6 +259,7 @@ impl Runtime {
         access: Arc<Access>,
         metrics: Metrics,
         resync: Duration,
+        limits: plan::ResponseLimits,
         health: mpsc::UnboundedSender<()>,
     ) -> Self {
         let identity = Identity::new(&namespace, &name);
@@ -246,6 +291,9 @@ impl Runtime {
             recorder,
             applied: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+            throttled: Mutex::new(BTreeMap::new()),
+            limits,
             failures: Mutex::new(BTreeMap::new()),
             health,
         }
@@ -283,8 +331,43 @@ impl Runtime {
     fn forget(&self, parent: &str) {
         self.backoff.lock().unwrap().remove(parent);
         self.applied.lock().unwrap().remove(parent);
-        if self.failures.lock().unwrap().remove(parent).is_some() {
+        self.buckets.lock().unwrap().remove(parent);
+        let throttled = self.throttled.lock().unwrap().remove(parent).is_some();
+        if self.failures.lock().unwrap().remove(parent).is_some() || throttled {
             let _ = self.health.send(());
+        }
+    }
+
+    /// Takes a token of `parent`'s bucket, or says how long until one is there.
+    fn admit(&self, parent: &str) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().unwrap();
+        let wait = buckets
+            .entry(parent.into())
+            .or_insert_with(Bucket::full)
+            .take(Instant::now());
+        drop(buckets);
+        match wait {
+            None => Ok(()),
+            Some(wait) => {
+                let first = self
+                    .throttled
+                    .lock()
+                    .unwrap()
+                    .insert(parent.into(), Instant::now())
+                    .is_none();
+                if first {
+                    tracing::warn!(
+                        parent,
+                        "reconciling faster than {RATE_PER_SECOND}/s: held back (requeueAfterSeconds too small, or a status that changes on every write?)"
+                    );
+                    let _ = self.health.send(());
+                }
+                self.metrics
+                    .reconciles_throttled
+                    .with_label_values(&[&self.label()])
+                    .inc();
+                Err(wait)
+            }
         }
     }
 }
@@ -349,6 +432,9 @@ fn owner_of(
 /// Reconciles one parent, recording metrics and failures.
 async fn reconcile(parent: Arc<DynamicObject>, rt: Arc<Runtime>) -> Result<Action> {
     let name = parent.name_any();
+    if let Err(wait) = rt.admit(&name) {
+        return Ok(Action::requeue(wait)); // the plugin is not called
+    }
     let span = tracing::info_span!("reconcile", controller = %rt.label(), parent = %name);
     let started = Instant::now();
     let result = reconcile_parent(&parent, &rt)
@@ -532,8 +618,10 @@ pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Re
         .plugin_call_seconds
         .with_label_values(&[&rt.label()])
         .observe(output.elapsed.as_secs_f64());
+    rt.limits.check_output(output.output.len())?;
     let response: ReconcileResponse =
         serde_json::from_slice(&output.output).map_err(|source| Error::InvalidOutput { source })?;
+    rt.limits.check(&response)?;
 
     // 5. Validate the whole response into a plan.
     let child_kinds: Vec<KindRef> = rt.children.iter().map(|c| c.kind.clone()).collect();
@@ -611,4 +699,22 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_one_per_second() {
+        let start = Instant::now();
+        let mut bucket = Bucket::full();
+        for _ in 0..10 {
+            assert_eq!(bucket.take(start), None);
+        }
+        let wait = bucket.take(start).expect("the burst is spent");
+        assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO);
+        assert_eq!(bucket.take(start + Duration::from_millis(1001)), None);
+        assert!(bucket.take(start + Duration::from_millis(1002)).is_some());
+    }
 }

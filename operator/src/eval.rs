@@ -425,7 +425,12 @@ pub async fn evaluate(
         owned: &owned,
         finalizing: inputs.finalizing,
     };
-    let result = plan::plan(&input, response.clone())
+    // The operator's default response limits (an admin may set others with `wasmop run`).
+    let limits = plan::ResponseLimits::default();
+    let result = limits
+        .check_output(output.output.len())
+        .and_then(|()| limits.check(&response))
+        .and_then(|()| plan::plan(&input, response.clone()))
         .map(|plan| Planned { response, plan })
         .map_err(controller::Error::from);
     Evaluation {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use wasmop::plan::ResponseLimits;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +39,8 @@ enum Command {
         /// Log format.
         #[arg(long, env = "WASMOP_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
         log_format: String,
+        #[command(flatten)]
+        response_limits: ResponseLimitArgs,
     },
     /// Print what installs wasmop's API (YAML, as committed in crds/): the WasmController CRD
     /// and the admission policy that lets only those who may impersonate a ServiceAccount
@@ -174,6 +177,35 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// Operator-wide limits on one plugin response: over any of them nothing is written and the
+/// parent reports `ResponseTooLarge`.
+#[derive(clap::Args, Debug)]
+struct ResponseLimitArgs {
+    /// Most children one response may return.
+    #[arg(long, env = "WASMOP_MAX_RESPONSE_CHILDREN", default_value_t = ResponseLimits::default().children)]
+    max_response_children: usize,
+    /// Most Events one response may record.
+    #[arg(long, env = "WASMOP_MAX_RESPONSE_EVENTS", default_value_t = ResponseLimits::default().events)]
+    max_response_events: usize,
+    /// Most `apply` patches one response may send.
+    #[arg(long, env = "WASMOP_MAX_RESPONSE_APPLY", default_value_t = ResponseLimits::default().apply)]
+    max_response_apply: usize,
+    /// Most bytes of output one plugin call may return.
+    #[arg(long, env = "WASMOP_MAX_RESPONSE_BYTES", default_value_t = ResponseLimits::default().output_bytes)]
+    max_response_bytes: usize,
+}
+
+impl From<ResponseLimitArgs> for ResponseLimits {
+    fn from(a: ResponseLimitArgs) -> Self {
+        ResponseLimits {
+            children: a.max_response_children,
+            events: a.max_response_events,
+            apply: a.max_response_apply,
+            output_bytes: a.max_response_bytes,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -184,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
             no_cache,
             allow_file_plugins,
             log_format,
+            response_limits,
         } => {
             init_logging(&log_format);
             let opts = wasmop::RunOptions {
@@ -191,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
                 metrics_addr,
                 cache_dir: (!no_cache).then_some(cache_dir),
                 allow_file_plugins,
+                response_limits: response_limits.into(),
             };
             wasmop::run(opts, shutdown_signal()).await
         }

@@ -156,10 +156,92 @@ pub struct Problem {
     pub message: String,
 }
 
+/// Operator-wide limits on one plugin response (`wasmop run` flags). A response over any of
+/// them writes nothing ([`Error::TooLarge`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseLimits {
+    pub children: usize,
+    pub events: usize,
+    pub apply: usize,
+    pub output_bytes: usize,
+}
+
+impl Default for ResponseLimits {
+    fn default() -> Self {
+        ResponseLimits {
+            children: 500,
+            events: 50,
+            apply: 50,
+            output_bytes: 8 << 20,
+        }
+    }
+}
+
+impl ResponseLimits {
+    /// The size of the raw output, before it is parsed.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] naming the limit and the flag that sets it.
+    pub fn check_output(&self, bytes: usize) -> Result<()> {
+        too_large(
+            "bytes of output",
+            bytes,
+            self.output_bytes,
+            "max-response-bytes",
+        )
+    }
+
+    /// The number of children, events and `apply` patches.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] for the first one over its limit.
+    pub fn check(&self, response: &ReconcileResponse) -> Result<()> {
+        too_large(
+            "children",
+            response.children.len(),
+            self.children,
+            "max-response-children",
+        )?;
+        too_large(
+            "events",
+            response.events.len(),
+            self.events,
+            "max-response-events",
+        )?;
+        too_large(
+            "apply patches",
+            response.apply.len(),
+            self.apply,
+            "max-response-apply",
+        )
+    }
+}
+
+fn too_large(what: &'static str, count: usize, limit: usize, flag: &'static str) -> Result<()> {
+    if count > limit {
+        return Err(Error::TooLarge {
+            what,
+            count,
+            limit,
+            flag,
+        });
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid plugin response, nothing was written: {}", list(.problems))]
     Invalid { problems: Vec<Problem> },
+    #[error(
+        "response too large, nothing was written: {count} {what}, over the limit of {limit} (the operator's --{flag}; return fewer, or ask the admin to raise it)"
+    )]
+    TooLarge {
+        what: &'static str,
+        count: usize,
+        limit: usize,
+        flag: &'static str,
+    },
     #[error("parent has no metadata.{field}")]
     Parent { field: &'static str },
 }
@@ -216,6 +298,7 @@ pub fn plan(input: &Input<'_>, response: ReconcileResponse) -> Result<Plan> {
         events: response.events,
         requeue_after: response
             .requeue_after_seconds
+            .filter(|s| *s > 0) // 0 is "no requeue", as in controller-runtime
             .map(|s| Duration::from_secs(s).min(MAX_REQUEUE)),
         finalized: response.finalized,
     })
@@ -730,6 +813,24 @@ mod tests {
         assert_eq!(plan.patches.len(), 1);
         assert_eq!(plan.requeue_after, Some(MAX_REQUEUE));
         assert_eq!(plan.events[0].type_, EventType::Warning);
+    }
+
+    #[test]
+    fn requeue_zero_means_no_requeue_and_oversized_responses_are_refused() {
+        let plan = run(json!({"requeueAfterSeconds": 0}), &[]).unwrap();
+        assert_eq!(plan.requeue_after, None);
+        let limits = ResponseLimits {
+            children: 2,
+            ..Default::default()
+        };
+        let response: ReconcileResponse =
+            serde_json::from_value(json!({"children": [cm("a"), cm("b"), cm("c")]})).unwrap();
+        let err = limits.check(&response).unwrap_err().to_string();
+        assert!(
+            err.starts_with("response too large, nothing was written: 3 children, over the limit of 2 (the operator's --max-response-children"),
+            "{err}"
+        );
+        assert!(limits.check_output(9 << 20).is_err());
     }
 
     #[test]

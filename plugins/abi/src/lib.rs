@@ -100,7 +100,10 @@ pub struct ReconcileResponse {
     /// API-contract patterns). Each names apiVersion, kind and metadata.name of its target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub apply: Vec<Value>,
-    /// Reconcile this parent again after this many seconds even if nothing changes.
+    /// Reconcile this parent again after this many seconds even if nothing changes (at most
+    /// `resyncPeriod`). 0 means the same as leaving it out, as `RequeueAfter: 0` does in
+    /// controller-runtime: the next change or resync. Every parent is held to 10 reconciles
+    /// in a burst and 1 per second sustained, however often it asks or changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requeue_after_seconds: Option<u64>,
     /// Kubernetes Events to record on the parent.

@@ -11,6 +11,8 @@
 //! | `panic`      | panics (a trap)                                                      |
 //! | `config`     | returns `config.children` (`{parent}` in any string becomes the parent's name) |
 //! | `echo`       | returns every current child exactly as received (a marker when there are none) |
+//! | `churn`      | a status that changes on every write (the parent's resourceVersion): a hot loop |
+//! | `many`       | `config.count` ConfigMaps `<parent>-<i>`                              |
 //!
 //! `finalize` (for `spec.plugin.finalize`) follows `controller.config.finalize`: `done`
 //! (default, `finalized: true`), `never` (`finalized: false`) or `fail` (an error).
@@ -72,6 +74,20 @@ pub fn reconcile(Json(req): Json<ReconcileRequest>) -> FnResult<Vec<u8>> {
             ReconcileResponse {
                 children,
                 status: Some(json!({"phase": "Echoed"})),
+                ..Default::default()
+            }
+        }
+        "churn" => ReconcileResponse {
+            status: Some(json!({"seen": req.object["metadata"]["resourceVersion"]})),
+            ..Default::default()
+        },
+        "many" => {
+            let name = req.object["metadata"]["name"].as_str().unwrap_or_default();
+            let count = req.controller.config["count"].as_u64().unwrap_or(1);
+            ReconcileResponse {
+                children: (0..count)
+                    .map(|i| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("{name}-{i}")}}))
+                    .collect(),
                 ..Default::default()
             }
         }
