@@ -53,7 +53,8 @@ dev: control-plane build plugins
 ## test: all tests. End-to-end tests start the real control plane, wasmop and plugins.
 test: control-plane build plugins
 	@bash plugins/go/build.sh check
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --workspace --exclude wasmop-e2e --no-fail-fast
+	@bash hack/e2e.sh   # the end-to-end binaries, in parallel (E2E_JOBS, default 4)
 
 lint:
 	$(CARGO) fmt --all --check

@@ -1,8 +1,9 @@
 //! End to end with the operator running as a ServiceAccount that has exactly the rights
 //! `samples/operator/rbac.yaml` documents (plus `samples/website/operator-rbac.yaml` for the
-//! Website kinds), not as the cluster admin: namespaces holding finalizing parents still go,
-//! because releasing a finalizer after the team's Role is gone takes only `get`/`patch` on
-//! the parent kind, aggregated into `wasmop-release-finalizers`.
+//! Website kind), not as the cluster admin. It has no read of any team kind: every watch is
+//! made as the team's account in its namespace. Namespaces holding finalizing parents still
+//! go, because releasing a finalizer after the team's Role is gone takes only `get`, `list`
+//! and `patch` on the parent kind, aggregated into `wasmop-release-finalizers`.
 
 use std::time::{Duration, Instant};
 
@@ -29,16 +30,11 @@ async fn least_privileged_operator(
     let rbac = std::fs::read_to_string(root().join("samples/operator/rbac.yaml"))?
         .replace("wasmop-system", &ns);
     kubectl_stdin(cp, &["apply", "-f", "-"], Some(&rbac))?;
-    let mut kinds = std::fs::read_to_string(root().join("samples/website/operator-rbac.yaml"))?;
-    if !with_release_role {
-        kinds = kinds
-            .split("\n---\n")
-            .filter(|doc| !doc.contains("aggregate-to-release-finalizers"))
-            .collect::<Vec<_>>()
-            .join("\n---\n");
+    if with_release_role {
+        let kinds = std::fs::read_to_string(root().join("samples/website/operator-rbac.yaml"))?;
+        kubectl_stdin(cp, &["apply", "-f", "-"], Some(&kinds))?;
+        wait_aggregated(client, "wasmop-release-finalizers").await?;
     }
-    kubectl_stdin(cp, &["apply", "-f", "-"], Some(&kinds))?;
-    wait_aggregated(client, "wasmop-watch").await?;
 
     let token = kubectl(
         cp,
@@ -127,6 +123,10 @@ async fn namespaces_with_finalizing_parents_go_with_only_the_documented_rights()
     let op = least_privileged_operator(cp, &client, false).await?;
     let nss: Api<Namespace> = Api::all(client.clone());
 
+    // 0. A team naming Secret as a child kind: the operator (which may read no Secret at all)
+    //    watches only the Secrets its controller made, in that namespace, as the team.
+    secrets_are_watched_only_as_the_team_in_its_namespace(cp, &client, &op).await?;
+
     // 1. Without the release role, a team whose RoleBinding is gone first (as the namespace
     //    controller may do) leaves the namespace Terminating, and the WasmController's status
     //    names the missing right.
@@ -177,5 +177,77 @@ async fn namespaces_with_finalizing_parents_go_with_only_the_documented_rights()
         .await
         .context("three namespaces with finalizing parents, deleted at once")?;
     eprintln!("three namespaces deleted in {:?}", started.elapsed());
+    Ok(())
+}
+
+async fn secrets_are_watched_only_as_the_team_in_its_namespace(
+    cp: &'static localcp::ControlPlane,
+    client: &Client,
+    op: &Operator,
+) -> Result<()> {
+    let rbac = wasmop_e2e::website::sample_rbac()?.replace(
+        "  - apiGroups: [events.k8s.io]",
+        "  - apiGroups: [\"\"]\n    resources: [secrets]\n    verbs: [get, list, watch, create, patch, delete]\n  - apiGroups: [events.k8s.io]",
+    );
+    let ns = wasmop_e2e::website::namespace_with(cp, client, "secrets", &rbac).await?;
+    let elsewhere = localcp::create_test_namespace(client, "other-secrets").await?;
+    for (namespace, name) in [(&ns, "not-a-child"), (&elsewhere, "someone-elses")] {
+        kubectl(
+            cp,
+            &[
+                "create",
+                "secret",
+                "generic",
+                name,
+                "-n",
+                namespace,
+                "--from-literal=k=v",
+            ],
+        )?;
+    }
+    put_plugin(client, &ns, "misbehave", plugin("misbehave")).await?;
+    let children = json!([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "{parent}-token"},
+                           "stringData": {"token": "t"}}]);
+    let spec = json!({"children": [{"apiVersion": "v1", "kind": "Secret"}]});
+    apply_controller(
+        client,
+        &ns,
+        "ctl",
+        "misbehave",
+        json!({"mode": "config", "children": children}),
+        spec,
+    )
+    .await?;
+    wait_ready(client, &ns, "ctl", op).await?;
+    create_website(client, &ns, "site", json!({})).await?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    eventually(WAIT, "the Secret child", || async {
+        Ok(secrets.get_opt("site-token").await?)
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(30)))?;
+    let cached = eventually(WAIT, "the child in the operator's cache", || async {
+        let n = op
+            .metric("wasmop_cached_objects", &[("kind", "Secret.v1")])
+            .await?;
+        Ok((n >= 1.0).then_some(n))
+    })
+    .await?;
+    assert_eq!(
+        cached, 1.0,
+        "only the controller's own Secret is cached, nothing else anywhere"
+    );
+    let watches = op.metrics().await?;
+    let secret_watches: Vec<&str> = watches
+        .lines()
+        .filter(|l| l.starts_with("wasmop_watches{") && l.contains("kind=\"Secret.v1\""))
+        .collect();
+    assert!(
+        !secret_watches.is_empty()
+            && secret_watches
+                .iter()
+                .all(|l| l.contains(&format!("namespace=\"{ns}\""))),
+        "{secret_watches:?}"
+    );
     Ok(())
 }

@@ -322,14 +322,17 @@ async fn bad_plugins_are_contained_reported_and_write_nothing() -> Result<()> {
         Some("good")
     );
 
-    // Seven controllers over the same three kinds share one watch per kind.
+    // Seven controllers of one account in one namespace over the same three kinds share one
+    // watch per kind, opened in that namespace.
     for kind in [
         "Website.example.com/v1",
         "ConfigMap.v1",
         "Deployment.apps/v1",
     ] {
-        let open = op.metric("wasmop_watches", &[("kind", kind)]).await?;
-        assert_eq!(open, 1.0, "one shared watch for {kind}");
+        let open = op
+            .metric("wasmop_watches", &[("kind", kind), ("namespace", &ns)])
+            .await?;
+        assert_eq!(open, 1.0, "one shared watch for {kind} in {ns}");
     }
 
     // The operator is alive and counted the failures by kind.

@@ -395,14 +395,7 @@ async fn racing_controllers_never_take_over_each_others_children() -> Result<()>
 #[tokio::test]
 async fn a_plugin_echoing_its_children_back_stays_healthy() -> Result<()> {
     let (_, op, client, ns) = team("echo").await?;
-    misbehave_controller(
-        &client,
-        &ns,
-        "ctl",
-        json!({"mode": "echo"}),
-        json!({"resyncPeriod": "2s"}),
-    )
-    .await?;
+    misbehave_controller(&client, &ns, "ctl", json!({"mode": "echo"}), json!({})).await?;
     wait_ready(&client, &ns, "ctl", op).await?;
     create_website(&client, &ns, "site", json!({})).await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -410,7 +403,8 @@ async fn a_plugin_echoing_its_children_back_stays_healthy() -> Result<()> {
         Ok(configmaps.get_opt("site-marker").await?)
     })
     .await?;
-    // Several resyncs echo it back with ownerReferences, uid, managedFields: all accepted.
+    // Reconciles echo it back with ownerReferences, uid, managedFields: all accepted. Each
+    // edit of the parent is a reconcile.
     let label = format!("{ns}/ctl");
     let start = op
         .metric(
@@ -418,6 +412,15 @@ async fn a_plugin_echoing_its_children_back_stays_healthy() -> Result<()> {
             &[("controller", &label), ("result", "success")],
         )
         .await?;
+    let websites: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &website_resource());
+    for i in 0..3 {
+        let touch = json!({"metadata": {"annotations": {"e2e/touch": i.to_string()}}});
+        websites
+            .patch("site", &PatchParams::default(), &Patch::Merge(&touch))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     eventually(WAIT, "three more successful reconciles", || async {
         let now = op
             .metric(

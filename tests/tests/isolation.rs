@@ -1,0 +1,102 @@
+//! End to end: one team's plugin cannot hot-loop or flood (issue 20). Real control plane, real
+//! `wasmop`, the real misbehave plugin.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams};
+use serde_json::json;
+use wasmop_e2e::website::{
+    WAIT, apply_controller, condition, create_website, put_plugin, team_namespace, wait_ready,
+};
+use wasmop_e2e::{eventually, operator, plugin};
+
+/// A plugin whose status changes on every write (each write changes the parent, each change
+/// reconciles it) is held to the documented per-parent rate, reported on the WasmController.
+#[tokio::test]
+async fn a_hot_looping_plugin_is_held_to_the_rate_limit_and_reported() -> Result<()> {
+    let (cp, op) = operator().await?;
+    let client = cp.client().await?;
+    let ns = team_namespace(cp, &client, "hotloop").await?;
+    put_plugin(&client, &ns, "misbehave", plugin("misbehave")).await?;
+    apply_controller(
+        &client,
+        &ns,
+        "ctl",
+        "misbehave",
+        json!({"mode": "churn"}),
+        json!({}),
+    )
+    .await?;
+    wait_ready(&client, &ns, "ctl", op).await?;
+    let label = format!("{ns}/ctl");
+    let reconciles = async || {
+        op.metric("wasmop_reconciles_total", &[("controller", &label)])
+            .await
+    };
+    let before = reconciles().await?;
+    create_website(&client, &ns, "site", json!({})).await?;
+    let started = Instant::now();
+    let (_, reason, message) = eventually(WAIT, "Throttled=True", || async {
+        Ok(condition(&client, &ns, "ctl", "Throttled")
+            .await?
+            .filter(|(s, _, _)| s == "True"))
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(20)))?;
+    assert_eq!(reason, "RateLimited", "{message}");
+    assert!(message.contains("Website site"), "{message}");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let made = reconciles().await? - before;
+    let throttled = op
+        .metric(
+            "wasmop_reconciles_throttled_total",
+            &[("controller", &label)],
+        )
+        .await?;
+    eprintln!("{made} reconciles and {throttled} held back in {elapsed:.1} s");
+    // A burst of 10, then 1 per second (+2 for the start and the boundary).
+    let bound = 10.0 + elapsed + 2.0;
+    assert!(
+        made <= bound,
+        "{made} reconciles in {elapsed:.1} s, more than {bound:.0}"
+    );
+    assert!(throttled >= 1.0);
+    Ok(())
+}
+
+/// A response of 10,000 children is refused whole: nothing written, the limit named.
+#[tokio::test]
+async fn an_oversized_response_writes_nothing_and_names_the_limit() -> Result<()> {
+    let (cp, op) = operator().await?;
+    let client = cp.client().await?;
+    let ns = team_namespace(cp, &client, "flood").await?;
+    put_plugin(&client, &ns, "misbehave", plugin("misbehave")).await?;
+    let extra = json!({"plugin": {"source": {"configMap": {"name": "misbehave", "key": "plugin.wasm"}},
+                                  "config": {"mode": "many", "count": 10000},
+                                  "limits": {"timeoutMs": 5000, "memoryMiB": 64}}});
+    apply_controller(&client, &ns, "ctl", "misbehave", json!({}), extra).await?;
+    wait_ready(&client, &ns, "ctl", op).await?;
+    create_website(&client, &ns, "site", json!({})).await?;
+    let (_, reason, message) = eventually(WAIT, "Degraded=True", || async {
+        Ok(condition(&client, &ns, "ctl", "Degraded")
+            .await?
+            .filter(|(s, _, _)| s == "True"))
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(20)))?;
+    assert_eq!(reason, "ResponseTooLarge", "{message}");
+    assert!(
+        message.contains("10000 children, over the limit of 500")
+            && message.contains("--max-response-children"),
+        "{message}"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let written = configmaps
+        .list(&ListParams::default().labels("wasmop.dev/controller"))
+        .await?;
+    assert!(written.items.is_empty(), "nothing written");
+    Ok(())
+}
