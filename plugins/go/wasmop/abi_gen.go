@@ -118,7 +118,10 @@ type ReconcileResponse struct {
 	// API-contract patterns). Each names apiVersion, kind and metadata.name of its target.
 	Apply []any `json:"apply,omitempty"`
 
-	// Reconcile this parent again after this many seconds even if nothing changes.
+	// Reconcile this parent again after this many seconds even if nothing changes (at most
+	// `resyncPeriod`). 0 means the same as leaving it out, as `RequeueAfter: 0` does in
+	// controller-runtime: the next change or resync. Every parent is held to 10 reconciles
+	// in a burst and 1 per second sustained, however often it asks or changes.
 	RequeueAfterSeconds *uint64 `json:"requeueAfterSeconds,omitempty"`
 
 	// Kubernetes Events to record on the parent.
