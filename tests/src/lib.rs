@@ -104,14 +104,71 @@ pub fn wasmop_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The shared control plane and the real `wasmop` binary running against it (as the
-/// control plane's admin).
+/// The shared control plane and the real `wasmop` binary running against it, as a
+/// ServiceAccount with only the operator's documented rights (`samples/operator/rbac.yaml`,
+/// plus `samples/website/operator-rbac.yaml` for the Website parent kind).
+/// `WASMOP_E2E_ADMIN=1` runs it with the admin kubeconfig instead (to tell an RBAC problem
+/// from another).
 pub async fn operator() -> Result<(&'static ControlPlane, &'static Operator)> {
     let cp = cluster().await?;
     let op = OPERATOR
-        .get_or_try_init(|| start_operator(cp.kubeconfig()))
+        .get_or_try_init(|| async {
+            if std::env::var_os("WASMOP_E2E_ADMIN").is_some() {
+                return start_operator(cp.kubeconfig()).await;
+            }
+            let kubeconfig = operator_account(cp, true).await?;
+            start_operator(&kubeconfig).await
+        })
         .await?;
     Ok((cp, op))
+}
+
+/// The operator's account as documented: a namespace of its own with `samples/operator/rbac.yaml`
+/// applied, and (with `release_websites`) `samples/website/operator-rbac.yaml`, aggregated.
+/// Returns a kubeconfig with a token of that ServiceAccount.
+///
+/// # Errors
+/// Applying the RBAC, aggregation not happening within a minute, or minting the token.
+pub async fn operator_account(cp: &'static ControlPlane, release_websites: bool) -> Result<PathBuf> {
+    let client = cp.client().await?;
+    let ns = localcp::create_test_namespace(&client, "wasmop-system").await?;
+    let rbac = std::fs::read_to_string(root().join("samples/operator/rbac.yaml"))?
+        .replace("wasmop-system", &ns);
+    kubectl_stdin(cp, &["apply", "-f", "-"], Some(&rbac))?;
+    if release_websites {
+        let kinds = std::fs::read_to_string(root().join("samples/website/operator-rbac.yaml"))?;
+        kubectl_stdin(cp, &["apply", "-f", "-"], Some(&kinds))?;
+        wait_aggregated(&client, "wasmop-release-finalizers").await?;
+    }
+    let token = kubectl(cp, &["create", "token", "wasmop", "-n", &ns, "--duration=4h"])?;
+    let mut config: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig())?)?;
+    config["users"] = serde_json::json!([{"name": "wasmop", "user": {"token": token.trim()}}]);
+    config["contexts"][0]["context"]["user"] = serde_json::json!("wasmop");
+    let path = tempdir("wasmop-account")?.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+    Ok(path)
+}
+
+/// Waits until kube-controller-manager has aggregated rules into the ClusterRole `name`.
+///
+/// # Errors
+/// It has no rules after a minute.
+pub async fn wait_aggregated(client: &kube::Client, name: &str) -> Result<()> {
+    let roles: kube::Api<k8s_openapi::api::rbac::v1::ClusterRole> = kube::Api::all(client.clone());
+    eventually(
+        Duration::from_secs(60),
+        &format!("ClusterRole {name} aggregated"),
+        || async {
+            Ok(roles
+                .get(name)
+                .await?
+                .rules
+                .is_some_and(|r| !r.is_empty())
+                .then_some(()))
+        },
+    )
+    .await
 }
 
 /// Starts another `wasmop run` with the credentials of `kubeconfig` (e.g. a ServiceAccount

@@ -9,58 +9,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, DeleteParams, DynamicObject};
 use kube::{Client, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use wasmop_e2e::website::{
     WAIT, apply_controller, condition, create_website, put_plugin, team_namespace, wait_ready,
     website_resource,
 };
 use wasmop_e2e::{Operator, cluster, eventually, kubectl, kubectl_stdin, plugin, root};
 
-/// The operator's documented RBAC in a namespace of its own, and a kubeconfig with a token
-/// of its ServiceAccount.
+/// The operator running as its documented account (with or without the Website release role).
 async fn least_privileged_operator(
     cp: &'static localcp::ControlPlane,
-    client: &Client,
     with_release_role: bool,
 ) -> Result<Operator> {
-    let ns = localcp::create_test_namespace(client, "wasmop-system").await?;
-    let rbac = std::fs::read_to_string(root().join("samples/operator/rbac.yaml"))?
-        .replace("wasmop-system", &ns);
-    kubectl_stdin(cp, &["apply", "-f", "-"], Some(&rbac))?;
-    if with_release_role {
-        let kinds = std::fs::read_to_string(root().join("samples/website/operator-rbac.yaml"))?;
-        kubectl_stdin(cp, &["apply", "-f", "-"], Some(&kinds))?;
-        wait_aggregated(client, "wasmop-release-finalizers").await?;
-    }
-
-    let token = kubectl(
-        cp,
-        &["create", "token", "wasmop", "-n", &ns, "--duration=2h"],
-    )?;
-    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig())?)?;
-    let mut config = admin.clone();
-    config["users"] = json!([{"name": "wasmop", "user": {"token": token.trim()}}]);
-    config["contexts"][0]["context"]["user"] = json!("wasmop");
-    let path = std::env::temp_dir().join(format!("wasmop-least-privilege-{ns}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
-    wasmop_e2e::start_operator(&path).await
-}
-
-/// Waits until kube-controller-manager has aggregated rules into `name`.
-async fn wait_aggregated(client: &Client, name: &str) -> Result<()> {
-    let roles: Api<ClusterRole> = Api::all(client.clone());
-    eventually(WAIT, &format!("ClusterRole {name} aggregated"), || async {
-        Ok(roles
-            .get(name)
-            .await?
-            .rules
-            .is_some_and(|r| !r.is_empty())
-            .then_some(()))
-    })
-    .await
+    let kubeconfig = wasmop_e2e::operator_account(cp, with_release_role).await?;
+    wasmop_e2e::start_operator(&kubeconfig).await
 }
 
 async fn finalizing_team(
@@ -120,7 +84,7 @@ async fn gone(
 async fn namespaces_with_finalizing_parents_go_with_only_the_documented_rights() -> Result<()> {
     let cp = cluster().await?;
     let client = cp.client().await?;
-    let op = least_privileged_operator(cp, &client, false).await?;
+    let op = least_privileged_operator(cp, false).await?;
     let nss: Api<Namespace> = Api::all(client.clone());
 
     // 0. A team naming Secret as a child kind: the operator (which may read no Secret at all)
@@ -155,7 +119,7 @@ async fn namespaces_with_finalizing_parents_go_with_only_the_documented_rights()
     //    WasmController's start is retried with backoff, at most a minute apart).
     let kinds = std::fs::read_to_string(root().join("samples/website/operator-rbac.yaml"))?;
     kubectl_stdin(cp, &["apply", "-f", "-"], Some(&kinds))?;
-    wait_aggregated(&client, "wasmop-release-finalizers").await?;
+    wasmop_e2e::wait_aggregated(&client, "wasmop-release-finalizers").await?;
     gone(
         &client,
         std::slice::from_ref(&ns),
