@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use wasmop::plan::ResponseLimits;
+use wasmop::plugin::Budget;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +42,8 @@ enum Command {
         log_format: String,
         #[command(flatten)]
         response_limits: ResponseLimitArgs,
+        #[command(flatten)]
+        plugin_budget: PluginBudgetArgs,
     },
     /// Print what installs wasmop's API (YAML, as committed in crds/): the WasmController CRD
     /// and the admission policy that lets only those who may impersonate a ServiceAccount
@@ -206,6 +209,30 @@ impl From<ResponseLimitArgs> for ResponseLimits {
     }
 }
 
+/// The operator-wide plugin budget (see `wasmop::plugin::Budget` and docs/security.md).
+#[derive(clap::Args, Debug)]
+struct PluginBudgetArgs {
+    /// Memory budget of all plugins in MiB: each WasmController reserves memoryMiB × its
+    /// instances (maxConcurrentReconciles, at most --max-concurrent-plugin-calls) while its plugin
+    /// is loaded; a plugin that does not fit is refused (PluginOverBudget).
+    #[arg(long, env = "WASMOP_PLUGIN_MEMORY_BUDGET_MIB", default_value_t = Budget::DEFAULT_MEMORY_MIB, value_parser = clap::value_parser!(u64).range(1..))]
+    plugin_memory_budget_mib: u64,
+    /// Plugin calls running at once, all controllers together, shared round-robin between
+    /// controllers (default: twice the CPUs available, at least 4).
+    #[arg(long, env = "WASMOP_MAX_CONCURRENT_PLUGIN_CALLS", default_value_t = Budget::default_max_calls(), value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    max_concurrent_plugin_calls: usize,
+}
+
+impl From<PluginBudgetArgs> for Budget {
+    fn from(a: PluginBudgetArgs) -> Self {
+        Budget {
+            memory_mib: a.plugin_memory_budget_mib,
+            max_calls: a.max_concurrent_plugin_calls,
+            ..Budget::default()
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -217,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
             allow_file_plugins,
             log_format,
             response_limits,
+            plugin_budget,
         } => {
             init_logging(&log_format);
             let opts = wasmop::RunOptions {
@@ -225,6 +253,7 @@ async fn main() -> anyhow::Result<()> {
                 cache_dir: (!no_cache).then_some(cache_dir),
                 allow_file_plugins,
                 response_limits: response_limits.into(),
+                plugin_budget: plugin_budget.into(),
             };
             wasmop::run(opts, shutdown_signal()).await
         }
