@@ -42,7 +42,8 @@ use crate::finalizers::{self, Finalizers, SKIP_ANNOTATION};
 use crate::metrics::Metrics;
 use crate::plan::{self, Identity, ObjRef, Owned};
 use crate::plugin::{self, LoadedPlugin};
-use crate::watches::SharedKind;
+use crate::triggers::Tracker;
+use crate::watches::{SharedKind, Watches};
 use crate::{kinds, related};
 
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +241,10 @@ pub struct Runtime {
     pub throttled: Mutex<BTreeMap<String, Instant>>,
     /// Operator-wide limits on one plugin response.
     pub limits: plan::ResponseLimits,
+    /// Related objects: their watches, and which parents to reconcile when one changes.
+    pub tracker: Tracker,
+    /// The tracker's triggers, taken by [`run`].
+    triggers: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<DynamicObject>>>>,
     /// Current failures by parent name; the manager reports them on the WasmController.
     pub failures: Mutex<BTreeMap<String, Failure>>,
     health: mpsc::UnboundedSender<()>,
@@ -260,6 +265,7 @@ impl Runtime {
         metrics: Metrics,
         resync: Duration,
         limits: plan::ResponseLimits,
+        watches: Arc<Watches>,
         health: mpsc::UnboundedSender<()>,
     ) -> Self {
         let identity = Identity::new(&namespace, &name);
@@ -268,6 +274,16 @@ impl Runtime {
             instance: std::env::var("POD_NAME").ok(),
         };
         let recorder = Recorder::new(client.clone(), reporter);
+        let (triggers_tx, triggers) = mpsc::unbounded_channel();
+        let tracker = Tracker::new(
+            client.clone(),
+            namespace.clone(),
+            spec.service_account_name.clone(),
+            watches,
+            access.clone(),
+            parent.clone(),
+            triggers_tx,
+        );
         let finalizers = Finalizers {
             resource: parent.resource.clone(),
             namespace: namespace.clone(),
@@ -294,6 +310,8 @@ impl Runtime {
             buckets: Mutex::new(HashMap::new()),
             throttled: Mutex::new(BTreeMap::new()),
             limits,
+            tracker,
+            triggers: Mutex::new(Some(triggers)),
             failures: Mutex::new(BTreeMap::new()),
             health,
         }
@@ -332,6 +350,7 @@ impl Runtime {
         self.backoff.lock().unwrap().remove(parent);
         self.applied.lock().unwrap().remove(parent);
         self.buckets.lock().unwrap().remove(parent);
+        self.tracker.forget(parent);
         let throttled = self.throttled.lock().unwrap().remove(parent).is_some();
         if self.failures.lock().unwrap().remove(parent).is_some() || throttled {
             let _ = self.health.send(());
@@ -400,6 +419,13 @@ pub async fn run(rt: Arc<Runtime>, shutdown: oneshot::Receiver<()>) {
             move |obj| owner_of(&obj, &par, &label),
             child.watch.resource.clone(),
         );
+    }
+    // Changes of related objects, as the parents that refer to them (`triggers.rs`).
+    if let Some(rx) = rt.triggers.lock().unwrap().take() {
+        let related = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|trigger| (trigger, rx))
+        });
+        controller = controller.reconcile_on(related);
     }
     controller
         .graceful_shutdown_on(shutdown.map(|_| ()))
@@ -559,25 +585,8 @@ pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Re
         return Ok(Outcome::released());
     }
 
-    // 2. The team's account must be able to read what the plugin is shown.
-    let mut readable: Vec<(String, String)> = vec![(
-        rt.parent.resource.group.clone(),
-        rt.parent.resource.plural.clone(),
-    )];
-    readable.extend(rt.children.iter().map(|c| {
-        (
-            c.watch.resource.group.clone(),
-            c.watch.resource.plural.clone(),
-        )
-    }));
-    rt.access
-        .require(
-            &rt.namespace,
-            &rt.spec.service_account_name,
-            &["get", "list", "watch"],
-            &readable,
-        )
-        .await?;
+    // 2. The team's account must (still) be able to read what the plugin is shown.
+    require_read_access(rt).await?;
     if rt.spec.plugin.finalize && !finalizing && !holds {
         rt.finalizers.add(parent).await?;
     }
@@ -587,9 +596,14 @@ pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Re
     let (owned, children) = gather_children(rt, parent);
     let mut related_inputs = BTreeMap::new();
     let mut related_targets = Vec::new();
+    let name = parent.name_any();
+    rt.tracker.begin(&name);
+    let reads = related::Reads::Tracked {
+        tracker: &rt.tracker,
+        parent: &name,
+    };
     for spec in &rt.spec.related {
-        let (value, target) =
-            related::resolve(&rt.client, spec, &parent_json, &rt.namespace).await?;
+        let (value, target) = related::resolve(&reads, spec, &parent_json, &rt.namespace).await?;
         related_inputs.insert(spec.name.clone(), value);
         related_targets.extend(target);
     }
@@ -646,6 +660,30 @@ pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Re
         action: Action::requeue(requeue),
         released: false,
     })
+}
+
+/// The account may still `get`, `list` and `watch` the parent and child kinds (an access
+/// review, cached: a revoked grant stops reconciles within [`access::REVIEW_TTL`]).
+async fn require_read_access(rt: &Runtime) -> Result<()> {
+    let mut readable: Vec<(String, String)> = vec![(
+        rt.parent.resource.group.clone(),
+        rt.parent.resource.plural.clone(),
+    )];
+    readable.extend(rt.children.iter().map(|c| {
+        (
+            c.watch.resource.group.clone(),
+            c.watch.resource.plural.clone(),
+        )
+    }));
+    rt.access
+        .require(
+            &rt.namespace,
+            &rt.spec.service_account_name,
+            &["get", "list", "watch"],
+            &readable,
+        )
+        .await?;
+    Ok(())
 }
 
 /// This controller's current children of `parent` (from the caches): as plan input and as the

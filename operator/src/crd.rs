@@ -72,7 +72,8 @@ pub struct WasmControllerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub resync_period: Option<String>,
-    /// Parents reconciled at once (also the number of plugin instances kept warm). Default 4.
+    /// Parents reconciled at once (also the most plugin instances it may hold, each reserving
+    /// `plugin.limits.memoryMiB` of the operator's plugin memory budget). Default 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub max_concurrent_reconciles: Option<u16>,

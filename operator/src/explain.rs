@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::core::GroupVersionKind;
@@ -32,6 +33,7 @@ use crate::crd::{KindRef, WasmController};
 use crate::eval::logs::PluginLogs;
 use crate::eval::{self, Inputs};
 use crate::plan::{self, Identity, ObjRef};
+use crate::plugin::LoadedPlugin;
 use crate::{related, source};
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +223,13 @@ async fn discover(client: &Client, kind: &KindRef) -> Result<ApiResource, kube::
         .map(|(ar, _)| ar)
 }
 
+/// Explains one parent for one WasmController: the controller's conditions, then a dry-run
+/// reconcile (gathering what the controller reads, running the plugin, comparing its plan with
+/// the live objects) and the permissions of the controller's ServiceAccount, each step adding
+/// its section and what blocks to `report`.
+///
+/// # Errors
+/// The parent does not exist or cannot be read, or a served child kind cannot be listed.
 #[allow(clippy::too_many_arguments)] // the one caller passes what it resolved
 async fn explain_one(
     client: &Client,
@@ -232,10 +241,48 @@ async fn explain_one(
     parent_resource: Result<ApiResource, kube::Error>,
     report: &mut Report,
 ) -> Result<()> {
+    let identity = Identity::new(ns, &wc.name_any());
+    report.heading(title(opts, ns, name, wc));
+
+    // The operator's own view: the WasmController's conditions.
+    report_conditions(wc, ns, name, report);
+
+    let parent_resource = match parent_resource {
+        Ok(r) => r,
+        Err(e) => {
+            report.block(format!(
+                "spec.parent: {} is not served by the API server: {e}",
+                wc.spec.parent
+            ));
+            return Ok(());
+        }
+    };
+
+    // What the controller reads: the parent, its children, related objects.
+    let gathered = gather(client, ns, name, wc, &identity, &parent_resource, report).await?;
+
+    // The plugin, run locally with the controller's limits.
+    let planned = if gathered.plugin_runs {
+        run_plugin(client, opts, logs, ns, wc, &identity, &gathered, report).await
+    } else {
+        None
+    };
+
+    // Differences between the plan and the live objects.
+    if let Some(planned) = &planned {
+        compare(client, ns, &planned.plan, &identity, &gathered, report).await;
+    }
+
+    // What the ServiceAccount may do.
+    let plan = planned.as_ref().map(|p| &p.plan);
+    check_access(client, ns, wc, &parent_resource, &gathered, plan, report).await;
+    Ok(())
+}
+
+/// The first line of one controller's explanation: the parent, the WasmController, its
+/// ServiceAccount and where the plugin comes from.
+fn title(opts: &Options, ns: &str, name: &str, wc: &WasmController) -> String {
     let spec = &wc.spec;
-    let wc_name = wc.name_any();
-    let identity = Identity::new(ns, &wc_name);
-    let sa = &spec.service_account_name;
     let source_text = match (
         &opts.plugin,
         &spec.plugin.source.config_map,
@@ -246,12 +293,20 @@ async fn explain_one(
         (None, None, Some(file)) => format!("file {file} on the operator"),
         (None, None, None) => "no source".into(),
     };
-    report.heading(format!(
-        "{} {name} in {ns}: WasmController {wc_name} (ServiceAccount {sa}, plugin {source_text})",
-        spec.parent.kind
-    ));
+    format!(
+        "{} {name} in {ns}: WasmController {} (ServiceAccount {}, plugin {source_text})",
+        spec.parent.kind,
+        wc.name_any(),
+        spec.service_account_name
+    )
+}
 
-    // The operator's own view: the WasmController's conditions.
+/// Reports the WasmController's conditions. Blocks when it has none (is the operator running
+/// and watching `ns`?), is not Ready, or is Degraded by a failed reconcile of the parent
+/// `name`.
+fn report_conditions(wc: &WasmController, ns: &str, name: &str, report: &mut Report) {
+    let spec = &wc.spec;
+    let wc_name = wc.name_any();
     report.heading("Controller conditions");
     let conditions = wc
         .status
@@ -286,37 +341,121 @@ async fn explain_one(
             _ => {}
         }
     }
+}
 
-    let parent_resource = match parent_resource {
-        Ok(r) => r,
-        Err(e) => {
-            report.block(format!(
-                "spec.parent: {} is not served by the API server: {e}",
-                spec.parent
-            ));
-            return Ok(());
-        }
-    };
+/// What a reconcile of the parent reads, as the dry run found it.
+struct Gathered {
+    /// The parent as the plugin is given it ([`crate::kinds::clean`]).
+    parent: Value,
+    parent_uid: String,
+    /// The parent is being deleted, so the plugin (if it runs) is called through its finalize
+    /// export.
+    finalizing: bool,
+    children: Children,
+    related: RelatedInputs,
+    /// False when the plugin is not run: the parent is being deleted and this controller does
+    /// not finalize it, a child kind is not served, or a related entry cannot be resolved.
+    plugin_runs: bool,
+}
 
+/// The children this controller owns, and the child kinds they were listed from.
+struct Children {
+    /// Each kind of `spec.children` the API server serves, with its resource.
+    resources: Vec<(KindRef, ApiResource)>,
+    /// The children carrying this controller's label and controlled by the parent, cleaned,
+    /// by (apiVersion, kind, name).
+    owned: BTreeMap<(String, String, String), Value>,
+    /// Every kind of `spec.children` is served.
+    all_served: bool,
+}
+
+/// What the plugin is told about the `spec.related` entries.
+struct RelatedInputs {
+    /// By entry name.
+    values: BTreeMap<String, wasmop_abi::Related>,
+    /// The related objects an `apply` patch may target.
+    targets: Vec<ObjRef>,
+    /// Every entry resolved (the operator fails the reconcile before calling the plugin
+    /// otherwise).
+    all_resolved: bool,
+}
+
+/// Reads and reports what the controller reads for the parent `name`: the parent itself, the
+/// children this controller owns and the related objects.
+///
+/// # Errors
+/// The parent does not exist or cannot be read, or a served child kind cannot be listed.
+async fn gather(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    wc: &WasmController,
+    identity: &Identity,
+    parent_resource: &ApiResource,
+    report: &mut Report,
+) -> Result<Gathered> {
     // The parent: existence, deletion and finalizers.
-    let parent_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &parent_resource);
-    let parent = parent_api
+    let parent = read_parent(client, ns, name, &wc.spec.parent.kind, parent_resource).await?;
+    let parent_json = crate::kinds::clean(parent.clone(), parent_resource);
+    let parent_uid = parent.uid().unwrap_or_default();
+    let reconciled = report_parent(&parent, wc, name, identity, report);
+
+    // The children this controller owns, as the operator sees them.
+    let children = gather_children(client, ns, wc, identity, &parent_uid, report).await?;
+
+    // Related objects: what the plugin is told, and what is missing.
+    let related = resolve_related(client, ns, wc, &parent_json, report).await;
+
+    Ok(Gathered {
+        plugin_runs: reconciled && children.all_served && related.all_resolved,
+        parent: parent_json,
+        parent_uid,
+        finalizing: parent.metadata.deletion_timestamp.is_some(),
+        children,
+        related,
+    })
+}
+
+/// Reads the parent `name` of kind `kind`.
+///
+/// # Errors
+/// It cannot be read, or does not exist.
+async fn read_parent(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    kind: &str,
+    resource: &ApiResource,
+) -> Result<DynamicObject> {
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, resource)
         .get_opt(name)
         .await
         .map_err(|source| Error::Api {
-            action: format!("reading {} {name}", spec.parent.kind),
+            action: format!("reading {kind} {name}"),
             source,
         })?
         .ok_or_else(|| Error::NotFound {
-            kind: spec.parent.kind.clone(),
+            kind: kind.into(),
             name: name.into(),
             namespace: ns.into(),
-        })?;
-    let parent_json = crate::kinds::clean(parent.clone(), &parent_resource);
-    let parent_uid = parent.uid().unwrap_or_default();
+        })
+}
+
+/// Reports the parent's uid, generation, finalizers and deletion. Returns false when wasmop no
+/// longer reconciles it: it is being deleted and this controller does not finalize it
+/// (`spec.plugin.finalize` is off, or the parent lacks this controller's finalizer).
+fn report_parent(
+    parent: &DynamicObject,
+    wc: &WasmController,
+    name: &str,
+    identity: &Identity,
+    report: &mut Report,
+) -> bool {
+    let spec = &wc.spec;
     report.heading("Parent");
     report.line(format!(
-        "uid {parent_uid}, generation {}, resourceVersion {}",
+        "uid {}, generation {}, resourceVersion {}",
+        parent.uid().unwrap_or_default(),
         parent
             .metadata
             .generation
@@ -332,8 +471,7 @@ async fn explain_one(
     } else {
         format!("finalizers: {}", finalizers.join(", "))
     });
-    let finalizing = parent.metadata.deletion_timestamp.is_some();
-    let mut skip_plugin = false;
+    let mut reconciled = true;
     if let Some(ts) = &parent.metadata.deletion_timestamp {
         report.line(format!("being deleted since {}", ts.0));
         let waits = if foreign.is_empty() {
@@ -357,7 +495,7 @@ async fn explain_one(
                 ));
             }
         } else {
-            skip_plugin = true;
+            reconciled = false;
             report.block(format!("{} {name} is being deleted: wasmop no longer reconciles it (the garbage collector removes its children){waits}", spec.parent.kind));
         }
     } else if spec.plugin.finalize && !has_ours {
@@ -365,16 +503,34 @@ async fn explain_one(
             "wasmop adds its finalizer {finalizer} on the next reconcile"
         ));
     }
+    reconciled
+}
 
-    // The children this controller owns, as the operator sees them.
+/// Lists and reports, for each kind of `spec.children`, the objects carrying this controller's
+/// label that the parent (`parent_uid`) controls. A kind the API server does not serve blocks.
+///
+/// # Errors
+/// A served child kind cannot be listed.
+async fn gather_children(
+    client: &Client,
+    ns: &str,
+    wc: &WasmController,
+    identity: &Identity,
+    parent_uid: &str,
+    report: &mut Report,
+) -> Result<Children> {
+    let spec = &wc.spec;
     report.heading(format!(
         "Current children ({}={}, controlled by this {})",
         plan::CONTROLLER_LABEL,
         identity.label_value(),
         spec.parent.kind
     ));
-    let mut child_resources: Vec<(KindRef, ApiResource)> = Vec::new();
-    let mut owned: BTreeMap<(String, String, String), Value> = BTreeMap::new();
+    let mut children = Children {
+        resources: Vec::new(),
+        owned: BTreeMap::new(),
+        all_served: true,
+    };
     for (i, kind) in spec.children.iter().enumerate() {
         let resource = match discover(client, kind).await {
             Ok(r) => r,
@@ -382,7 +538,7 @@ async fn explain_one(
                 report.block(format!(
                     "spec.children[{i}]: {kind} is not served by the API server: {e}"
                 ));
-                skip_plugin = true;
+                children.all_served = false;
                 continue;
             }
         };
@@ -403,26 +559,40 @@ async fn explain_one(
                 .any(|o| o.uid == parent_uid && o.controller == Some(true))
             {
                 report.line(format!("{}/{}", kind.kind, obj.name_any()));
-                owned.insert(
+                children.owned.insert(
                     (kind.api_version.clone(), kind.kind.clone(), obj.name_any()),
                     crate::kinds::clean(obj, &resource),
                 );
             }
         }
-        child_resources.push((kind.clone(), resource));
+        children.resources.push((kind.clone(), resource));
     }
-    if owned.is_empty() {
+    if children.owned.is_empty() {
         report.line("none");
     }
+    Ok(children)
+}
 
-    // Related objects: what the plugin is told, and what is missing.
-    let mut related_inputs = BTreeMap::new();
-    let mut related_targets = Vec::new();
-    if !spec.related.is_empty() {
+/// Resolves each `spec.related` entry against `parent` as the operator does, and reports what
+/// the plugin is told. An entry whose object is null (with the reason why), or that cannot be
+/// resolved, blocks.
+async fn resolve_related(
+    client: &Client,
+    ns: &str,
+    wc: &WasmController,
+    parent: &Value,
+    report: &mut Report,
+) -> RelatedInputs {
+    let mut related = RelatedInputs {
+        values: BTreeMap::new(),
+        targets: Vec::new(),
+        all_resolved: true,
+    };
+    if !wc.spec.related.is_empty() {
         report.heading("Related");
     }
-    for entry in &spec.related {
-        match related::resolve(client, entry, &parent_json, ns).await {
+    for entry in &wc.spec.related {
+        match related::resolve(&related::Reads::Direct(client), entry, parent, ns).await {
             Ok((value, target)) => {
                 match (&value.reason, &target) {
                     (Some(reason), _) => {
@@ -443,70 +613,24 @@ async fn explain_one(
                         value.objects.len()
                     )),
                 }
-                related_inputs.insert(entry.name.clone(), value);
-                related_targets.extend(target);
+                related.values.insert(entry.name.clone(), value);
+                related.targets.extend(target);
             }
             Err(e) => {
                 // The operator fails the reconcile before calling the plugin.
                 report.line(format!("{}: {e}", entry.name));
                 report.block(e.to_string());
-                skip_plugin = true;
+                related.all_resolved = false;
             }
         }
     }
-
-    // The plugin, run locally with the controller's limits.
-    let mut planned = None;
-    if !skip_plugin {
-        planned = run_plugin(
-            client,
-            opts,
-            logs,
-            ns,
-            wc,
-            &identity,
-            parent_json.clone(),
-            &owned,
-            related_inputs,
-            related_targets.clone(),
-            finalizing,
-            report,
-        )
-        .await;
-    }
-
-    // Differences between the plan and the live objects.
-    if let Some(planned) = &planned {
-        compare(
-            client,
-            &planned.plan,
-            &parent_json,
-            &parent_uid,
-            &identity,
-            &owned,
-            &child_resources,
-            ns,
-            report,
-        )
-        .await;
-    }
-
-    // What the ServiceAccount may do.
-    check_access(
-        client,
-        ns,
-        wc,
-        &parent_resource,
-        &child_resources,
-        planned.as_ref().map(|p| &p.plan),
-        &related_targets,
-        report,
-    )
-    .await;
-    Ok(())
+    related
 }
 
-#[allow(clippy::too_many_arguments)] // the gathered inputs of one call
+/// Runs the plugin on what was gathered, through the same path as a live reconcile
+/// ([`eval::evaluate`]), and reports its logs, run time and plan. Returns the plan, or None
+/// (and blocks) when the plugin cannot be loaded or fails.
+#[allow(clippy::too_many_arguments)] // what one plugin call needs
 async fn run_plugin(
     client: &Client,
     opts: &Options,
@@ -514,31 +638,13 @@ async fn run_plugin(
     ns: &str,
     wc: &WasmController,
     identity: &Identity,
-    parent: Value,
-    owned: &BTreeMap<(String, String, String), Value>,
-    related: BTreeMap<String, wasmop_abi::Related>,
-    related_targets: Vec<ObjRef>,
-    finalizing: bool,
+    gathered: &Gathered,
     report: &mut Report,
 ) -> Option<eval::Planned> {
     let spec = &wc.spec;
     let limits = &spec.plugin.limits;
-    let plugin = match &opts.plugin {
-        Some(path) => eval::load_plugin(path, limits, opts.cache_dir.clone())
-            .await
-            .map_err(|e| e.to_string()),
-        None => match source::load(client, ns, &spec.plugin.source, true).await {
-            Ok(bytes) => match crate::plugin::Host::new(opts.cache_dir.clone()) {
-                Ok(host) => host
-                    .load(&bytes, limits, 1)
-                    .await
-                    .map_err(|e| format!("plugin: {e}")),
-                Err(e) => Err(format!("plugin cache: {e}")),
-            },
-            Err(e) => Err(format!("plugin source: {e}")),
-        },
-    };
-    let export = if finalizing {
+    let plugin = load_plugin(client, opts, ns, wc).await;
+    let export = if gathered.finalizing {
         FINALIZE_EXPORT
     } else {
         RECONCILE_EXPORT
@@ -565,12 +671,12 @@ async fn run_plugin(
             namespace: ns.into(),
             config: spec.plugin.config.clone().unwrap_or(Value::Null),
         },
-        parent,
+        parent: gathered.parent.clone(),
         child_kinds: Some(spec.children.clone()),
-        children: owned.values().cloned().collect(),
-        related,
-        related_targets,
-        finalizing,
+        children: gathered.children.owned.values().cloned().collect(),
+        related: gathered.related.values.clone(),
+        related_targets: gathered.related.targets.clone(),
+        finalizing: gathered.finalizing,
     };
     let evaluation = eval::evaluate(&plugin, &inputs, logs).await;
     for line in &evaluation.logs {
@@ -587,7 +693,42 @@ async fn run_plugin(
             return None;
         }
     };
-    let plan = &planned.plan;
+    report_plan(&planned.plan, gathered.finalizing, report);
+    Some(planned)
+}
+
+/// Loads the plugin to run, with the controller's limits: the `--plugin` file, else the
+/// controller's source.
+///
+/// # Errors
+/// The message the report shows: the file, the source or the plugin cannot be loaded.
+async fn load_plugin(
+    client: &Client,
+    opts: &Options,
+    ns: &str,
+    wc: &WasmController,
+) -> Result<Arc<LoadedPlugin>, String> {
+    let limits = &wc.spec.plugin.limits;
+    match &opts.plugin {
+        Some(path) => eval::load_plugin(path, limits, opts.cache_dir.clone())
+            .await
+            .map_err(|e| e.to_string()),
+        None => match source::load(client, ns, &wc.spec.plugin.source, true).await {
+            Ok(bytes) => match crate::plugin::Host::new(opts.cache_dir.clone()) {
+                Ok(host) => host
+                    .load(&bytes, limits, 1)
+                    .await
+                    .map_err(|e| format!("plugin: {e}")),
+                Err(e) => Err(format!("plugin cache: {e}")),
+            },
+            Err(e) => Err(format!("plugin source: {e}")),
+        },
+    }
+}
+
+/// Reports what the plan wants written. When `finalizing`, also whether the plugin has
+/// finalized; blocks while it has not (wasmop keeps its finalizer).
+fn report_plan(plan: &plan::Plan, finalizing: bool, report: &mut Report) {
     report.line("wants:");
     for a in &plan.children {
         report.line(format!(
@@ -625,54 +766,29 @@ async fn run_plugin(
             report.block("the plugin's finalize has not returned finalized: true yet, so wasmop keeps its finalizer");
         }
     }
-    Some(planned)
 }
 
-#[allow(clippy::too_many_arguments)] // what the comparison needs from the gathering
+/// Reports how each write in `plan` differs from the live objects: children to create, children
+/// held by someone else (which blocks), changed fields of children, the parent's status and
+/// patches, and children to prune.
 async fn compare(
     client: &Client,
-    plan: &plan::Plan,
-    parent: &Value,
-    parent_uid: &str,
-    identity: &Identity,
-    owned: &BTreeMap<(String, String, String), Value>,
-    child_resources: &[(KindRef, ApiResource)],
     ns: &str,
+    plan: &plan::Plan,
+    identity: &Identity,
+    gathered: &Gathered,
     report: &mut Report,
 ) {
     report.heading("Differences from the live objects");
-    let label = identity.label_value();
-    let wc_name = identity.controller.as_str();
+    let parent = &gathered.parent;
     let mut changes = 0;
     for apply in &plan.children {
-        let key = (
-            apply.target.api_version.clone(),
-            apply.target.kind.clone(),
-            apply.target.name.clone(),
-        );
         let shown = format!("{}/{}", apply.target.kind, apply.target.name);
-        let live = match owned.get(&key) {
-            Some(live) => Some(live.clone()),
-            None => {
-                let resource = child_resources
-                    .iter()
-                    .find(|(k, _)| {
-                        k.api_version == apply.target.api_version && k.kind == apply.target.kind
-                    })
-                    .map(|(_, r)| r);
-                match resource {
-                    Some(r) => match Api::<DynamicObject>::namespaced_with(client.clone(), ns, r)
-                        .get_opt(&apply.target.name)
-                        .await
-                    {
-                        Ok(found) => found.map(|o| crate::kinds::clean(o, r)),
-                        Err(e) => {
-                            report.line(format!("{shown}: cannot read it: {e}"));
-                            continue;
-                        }
-                    },
-                    None => None,
-                }
+        let live = match live_child(client, ns, &apply.target, &gathered.children).await {
+            Ok(live) => live,
+            Err(e) => {
+                report.line(format!("{shown}: cannot read it: {e}"));
+                continue;
             }
         };
         let Some(live) = live else {
@@ -680,44 +796,8 @@ async fn compare(
             report.line(format!("{shown}: missing, will be created"));
             continue;
         };
-        // Not among the children listed a moment ago: someone else's, or just created by us.
-        let ours = live["metadata"]["labels"][plan::CONTROLLER_LABEL] == label
-            && live["metadata"]["ownerReferences"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|o| o["uid"] == parent_uid && o["controller"] == true);
-        if !ours {
-            let controller = live["metadata"]["ownerReferences"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|o| o["controller"] == true && o["uid"] != parent_uid);
-            match controller {
-                Some(o) => {
-                    let by = format!(
-                        "{}/{}",
-                        o["kind"].as_str().unwrap_or_default(),
-                        o["name"].as_str().unwrap_or_default()
-                    );
-                    report.line(format!("{shown}: exists and is controlled by {by}"));
-                    report.block(format!("{shown} exists and is controlled by {by}: the API server refuses a second controller ownerReference; rename the child or delete the existing object"));
-                    continue;
-                }
-                None if live["metadata"]["annotations"][crate::execute::ADOPT_ANNOTATION]
-                    == wc_name =>
-                {
-                    report.line(format!(
-                        "{shown}: exists, annotated {}={wc_name}: the next reconcile adopts it",
-                        crate::execute::ADOPT_ANNOTATION
-                    ));
-                }
-                None => {
-                    report.line(format!("{shown}: exists and is not this controller's (no controller ownerReference)"));
-                    report.block(format!("{shown} exists and is not this controller's: wasmop never takes over an object it did not create (ChildConflict); rename the child, delete the object, or annotate it {}={wc_name} to hand it over", crate::execute::ADOPT_ANNOTATION));
-                    continue;
-                }
-            }
+        if !ours_or_adoptable(&shown, &live, &gathered.parent_uid, identity, report) {
+            continue;
         }
         changes += report_differences(&shown, &apply.body, &live, report);
     }
@@ -742,6 +822,93 @@ async fn compare(
     }
     if changes == 0 {
         report.line("none: the live objects match the plan, a reconcile now writes nothing");
+    }
+}
+
+/// The live object a child `apply` targets, cleaned: the owned child listed while gathering,
+/// else read now. None when it does not exist, or its kind is not a served child kind.
+///
+/// # Errors
+/// Reading it failed.
+async fn live_child(
+    client: &Client,
+    ns: &str,
+    target: &ObjRef,
+    children: &Children,
+) -> Result<Option<Value>, kube::Error> {
+    let key = (
+        target.api_version.clone(),
+        target.kind.clone(),
+        target.name.clone(),
+    );
+    if let Some(live) = children.owned.get(&key) {
+        return Ok(Some(live.clone()));
+    }
+    let resource = children
+        .resources
+        .iter()
+        .find(|(k, _)| k.api_version == target.api_version && k.kind == target.kind)
+        .map(|(_, r)| r);
+    match resource {
+        Some(r) => Ok(Api::<DynamicObject>::namespaced_with(client.clone(), ns, r)
+            .get_opt(&target.name)
+            .await?
+            .map(|o| crate::kinds::clean(o, r))),
+        None => Ok(None),
+    }
+}
+
+/// Whether the plan may apply to `live`, an existing object it targets: true when it is this
+/// controller's child or annotated to be adopted by it; otherwise reports who holds it and
+/// blocks (the apply would be refused).
+fn ours_or_adoptable(
+    shown: &str,
+    live: &Value,
+    parent_uid: &str,
+    identity: &Identity,
+    report: &mut Report,
+) -> bool {
+    let wc_name = identity.controller.as_str();
+    // Not among the children listed a moment ago: someone else's, or just created by us.
+    let ours = live["metadata"]["labels"][plan::CONTROLLER_LABEL] == identity.label_value()
+        && live["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|o| o["uid"] == parent_uid && o["controller"] == true);
+    if ours {
+        return true;
+    }
+    let controller = live["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["controller"] == true && o["uid"] != parent_uid);
+    match controller {
+        Some(o) => {
+            let by = format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or_default(),
+                o["name"].as_str().unwrap_or_default()
+            );
+            report.line(format!("{shown}: exists and is controlled by {by}"));
+            report.block(format!("{shown} exists and is controlled by {by}: the API server refuses a second controller ownerReference; rename the child or delete the existing object"));
+            false
+        }
+        None if live["metadata"]["annotations"][crate::execute::ADOPT_ANNOTATION] == wc_name => {
+            report.line(format!(
+                "{shown}: exists, annotated {}={wc_name}: the next reconcile adopts it",
+                crate::execute::ADOPT_ANNOTATION
+            ));
+            true
+        }
+        None => {
+            report.line(format!(
+                "{shown}: exists and is not this controller's (no controller ownerReference)"
+            ));
+            report.block(format!("{shown} exists and is not this controller's: wasmop never takes over an object it did not create (ChildConflict); rename the child, delete the object, or annotate it {}={wc_name} to hand it over", crate::execute::ADOPT_ANNOTATION));
+            false
+        }
     }
 }
 
@@ -843,82 +1010,21 @@ struct Need {
     resource: String,
 }
 
-#[allow(clippy::too_many_arguments)] // what decides the permissions needed
+/// Reports which of the permissions the controller needs its ServiceAccount has, by
+/// SubjectAccessReview; each one it lacks blocks. When the reviews cannot be made, says so and
+/// notes the permissions as not checked.
 async fn check_access(
     client: &Client,
     ns: &str,
     wc: &WasmController,
     parent: &ApiResource,
-    children: &[(KindRef, ApiResource)],
+    gathered: &Gathered,
     plan: Option<&plan::Plan>,
-    related_targets: &[ObjRef],
     report: &mut Report,
 ) {
-    let spec = &wc.spec;
-    let sa = &spec.service_account_name;
+    let sa = &wc.spec.service_account_name;
     report.heading(format!("Permissions of ServiceAccount {ns}/{sa}"));
-    let need = |verb, group: &str, resource: &str| Need {
-        verb,
-        group: group.into(),
-        resource: resource.into(),
-    };
-    let mut needs = Vec::new();
-    for verb in ["get", "list", "watch"] {
-        needs.push(need(verb, &parent.group, &parent.plural));
-    }
-    for (_, r) in children {
-        for verb in ["get", "list", "watch", "create", "patch", "delete"] {
-            needs.push(need(verb, &r.group, &r.plural));
-        }
-    }
-    // Without a plan (the plugin failed or did not run), check what a typical answer needs.
-    if plan.is_none_or(|p| p.status.is_some()) {
-        needs.push(need(
-            "patch",
-            &parent.group,
-            &format!("{}/status", parent.plural),
-        ));
-    }
-    if plan.is_some_and(|p| !p.events.is_empty()) {
-        needs.push(need("create", "events.k8s.io", "events"));
-    }
-    let patches_parent = plan.is_some_and(|p| {
-        p.patches
-            .iter()
-            .any(|a| a.target.kind == parent.kind && a.target.api_version == parent.api_version)
-    });
-    if spec.plugin.finalize || patches_parent {
-        needs.push(need("patch", &parent.group, &parent.plural));
-    }
-    if spec.plugin.source.config_map.is_some() {
-        needs.push(need("get", "", "configmaps"));
-    }
-    for target in related_targets {
-        let kind = KindRef {
-            api_version: target.api_version.clone(),
-            kind: target.kind.clone(),
-        };
-        if let Ok(r) = discover(client, &kind).await {
-            needs.push(need("get", &r.group, &r.plural));
-            if plan.is_some_and(|p| p.patches.iter().any(|a| a.target == *target)) {
-                needs.push(need("patch", &r.group, &r.plural));
-            }
-        }
-    }
-    for entry in spec.related.iter().filter(|e| e.ref_.is_none()) {
-        if let (Some(api_version), Some(kind)) = (&entry.api_version, &entry.kind)
-            && let Ok(r) = discover(
-                client,
-                &KindRef {
-                    api_version: api_version.clone(),
-                    kind: kind.clone(),
-                },
-            )
-            .await
-        {
-            needs.push(need("list", &r.group, &r.plural));
-        }
-    }
+    let needs = needed_permissions(client, wc, parent, gathered, plan).await;
 
     // Each permission once, grouped by resource for the summary.
     let mut unique: Vec<Need> = Vec::new();
@@ -967,6 +1073,83 @@ async fn check_access(
     for (resource, verbs) in allowed {
         report.line(format!("allowed {resource}: {}", verbs.join(", ")));
     }
+}
+
+/// The permissions a reconcile of the parent needs, possibly repeated: watching the parent and
+/// its children, writing children, status, events and patches, reading the plugin's ConfigMap
+/// and related objects. Without a plan (the plugin failed or did not run), what a typical
+/// answer needs. Related kinds the API server does not serve are left out.
+async fn needed_permissions(
+    client: &Client,
+    wc: &WasmController,
+    parent: &ApiResource,
+    gathered: &Gathered,
+    plan: Option<&plan::Plan>,
+) -> Vec<Need> {
+    let spec = &wc.spec;
+    let need = |verb, group: &str, resource: &str| Need {
+        verb,
+        group: group.into(),
+        resource: resource.into(),
+    };
+    let mut needs = Vec::new();
+    for verb in ["get", "list", "watch"] {
+        needs.push(need(verb, &parent.group, &parent.plural));
+    }
+    for (_, r) in &gathered.children.resources {
+        for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+            needs.push(need(verb, &r.group, &r.plural));
+        }
+    }
+    // Without a plan (the plugin failed or did not run), check what a typical answer needs.
+    if plan.is_none_or(|p| p.status.is_some()) {
+        needs.push(need(
+            "patch",
+            &parent.group,
+            &format!("{}/status", parent.plural),
+        ));
+    }
+    if plan.is_some_and(|p| !p.events.is_empty()) {
+        needs.push(need("create", "events.k8s.io", "events"));
+    }
+    let patches_parent = plan.is_some_and(|p| {
+        p.patches
+            .iter()
+            .any(|a| a.target.kind == parent.kind && a.target.api_version == parent.api_version)
+    });
+    if spec.plugin.finalize || patches_parent {
+        needs.push(need("patch", &parent.group, &parent.plural));
+    }
+    if spec.plugin.source.config_map.is_some() {
+        needs.push(need("get", "", "configmaps"));
+    }
+    for target in &gathered.related.targets {
+        let kind = KindRef {
+            api_version: target.api_version.clone(),
+            kind: target.kind.clone(),
+        };
+        if let Ok(r) = discover(client, &kind).await {
+            needs.push(need("get", &r.group, &r.plural));
+            if plan.is_some_and(|p| p.patches.iter().any(|a| a.target == *target)) {
+                needs.push(need("patch", &r.group, &r.plural));
+            }
+        }
+    }
+    for entry in spec.related.iter().filter(|e| e.ref_.is_none()) {
+        if let (Some(api_version), Some(kind)) = (&entry.api_version, &entry.kind)
+            && let Ok(r) = discover(
+                client,
+                &KindRef {
+                    api_version: api_version.clone(),
+                    kind: kind.clone(),
+                },
+            )
+            .await
+        {
+            needs.push(need("list", &r.group, &r.plural));
+        }
+    }
+    needs
 }
 
 #[cfg(test)]

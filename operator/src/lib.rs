@@ -17,6 +17,7 @@
 //! - [`source`]: plugin bytes from a ConfigMap or file; gzip/zstd; sha256.
 //! - [`watches`]: watches and caches opened as a team's account in its namespace, shared.
 //! - [`related`]: `spec.related`: API-contract references and selectors.
+//! - [`triggers`]: related objects' watches, and the parents a change to one re-reconciles.
 //! - [`access`]: impersonated clients and cached access reviews (least privilege).
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`crd`]: the WasmController type and its CRD.
@@ -37,6 +38,7 @@ pub mod plan;
 pub mod plugin;
 pub mod related;
 pub mod source;
+pub mod triggers;
 pub mod watches;
 
 use std::net::SocketAddr;
@@ -84,6 +86,8 @@ pub struct RunOptions {
     pub allow_file_plugins: bool,
     /// Operator-wide limits on one plugin response.
     pub response_limits: plan::ResponseLimits,
+    /// Operator-wide plugin memory budget, call slots and idle-instance expiry.
+    pub plugin_budget: plugin::Budget,
 }
 
 /// Runs the operator until `shutdown` resolves.
@@ -101,8 +105,8 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
     let bound = metrics::serve(opts.metrics_addr, metrics.clone(), ready.clone()).await?;
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
     let ctx = Arc::new(manager::Context {
-        watches: watches::Watches::new(metrics.clone()),
-        host: plugin::Host::new(opts.cache_dir)?,
+        watches: Arc::new(watches::Watches::new(metrics.clone())),
+        host: plugin::Host::with_budget(opts.cache_dir, opts.plugin_budget)?,
         access: Arc::new(access::Access::new(client.clone())),
         client,
         config,

@@ -125,7 +125,7 @@ pub struct Context {
     pub client: Client,
     /// The base configuration impersonated clients are derived from.
     pub config: kube::Config,
-    pub watches: Watches,
+    pub watches: Arc<Watches>,
     pub host: Host,
     pub access: Arc<Access>,
     pub metrics: Metrics,
@@ -626,7 +626,12 @@ async fn prepare(
     );
     let plugin = ctx
         .host
-        .load(&bytes, &spec.plugin.limits, concurrency)
+        .load_replacing(
+            &bytes,
+            &spec.plugin.limits,
+            concurrency,
+            running.map(|r| r.runtime.plugin.as_ref()), // a reload needs no room for both
+        )
         .await?;
     for (export, needed) in [
         (RECONCILE_EXPORT, true),
@@ -639,25 +644,7 @@ async fn prepare(
             .into());
         }
     }
-    // Watches as the team's account in its namespace; children only through wasmop's label
-    // (any controller's: one watch per kind serves every controller of this account).
-    let scope = |labels| watches::Scope {
-        namespace: ns.clone(),
-        service_account: spec.service_account_name.clone(),
-        labels,
-    };
-    let parent = ctx.watches.get(&client, &scope(None), &parent_ar).await?;
-    let selector = Some(crate::plan::CONTROLLER_LABEL.to_string());
-    let mut children = Vec::new();
-    for (kind, ar) in child_ars {
-        children.push(ChildKind {
-            kind,
-            watch: ctx
-                .watches
-                .get(&client, &scope(selector.clone()), &ar)
-                .await?,
-        });
-    }
+    let (parent, children) = open_watches(ctx, &client, wc, parent_ar, child_ars).await?;
     let runtime = Arc::new(Runtime::new(
         ns.clone(),
         wc.name_any(),
@@ -671,6 +658,7 @@ async fn prepare(
         ctx.metrics.clone(),
         resync,
         ctx.response_limits,
+        ctx.watches.clone(),
         health.clone(),
     ));
     let label = format!("{ns}/{}", wc.name_any());
@@ -688,6 +676,36 @@ async fn prepare(
         stop: stop_tx,
         task,
     }))
+}
+
+/// The watches of the parent and child kinds, as the team's account in its namespace;
+/// children only through wasmop's label (any controller's: one watch per kind serves every
+/// controller of this account and namespace).
+async fn open_watches(
+    ctx: &Context,
+    client: &Client,
+    wc: &WasmController,
+    parent: kube::api::ApiResource,
+    children: Vec<(KindRef, kube::api::ApiResource)>,
+) -> Result<(Arc<watches::SharedKind>, Vec<ChildKind>), Error> {
+    let scope = |labels| watches::Scope {
+        namespace: wc.namespace().unwrap_or_default(),
+        service_account: wc.spec.service_account_name.clone(),
+        labels,
+    };
+    let parent = ctx.watches.get(client, &scope(None), &parent).await?;
+    let selector = Some(crate::plan::CONTROLLER_LABEL.to_string());
+    let mut kinds = Vec::new();
+    for (kind, ar) in children {
+        kinds.push(ChildKind {
+            kind,
+            watch: ctx
+                .watches
+                .get(client, &scope(selector.clone()), &ar)
+                .await?,
+        });
+    }
+    Ok((parent, kinds))
 }
 
 /// Stops a controller: in-flight reconciles finish (up to [`STOP_GRACE`]), then it is gone.
@@ -920,7 +938,7 @@ fn condition(
 
 /// Parses `500ms`, `30s`, `5m`, `1h30m`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
+    let mut total_ms: u64 = 0;
     let mut rest = s;
     if rest.is_empty() {
         return None;
@@ -929,20 +947,20 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         let digits = rest.find(|c: char| !c.is_ascii_digit())?;
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (Duration::from_millis(1), 2)
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
         } else {
             match rest.chars().next()? {
-                's' => (Duration::from_secs(1), 1),
-                'm' => (Duration::from_secs(60), 1),
-                'h' => (Duration::from_secs(3600), 1),
+                's' => (1_000, 1),
+                'm' => (60_000, 1),
+                'h' => (3_600_000, 1),
                 _ => return None,
             }
         };
-        total += unit * u32::try_from(n).ok()?;
+        total_ms = total_ms.checked_add(n.checked_mul(unit_ms)?)?;
         rest = &rest[len..];
     }
-    (total > Duration::ZERO).then_some(total)
+    (total_ms > 0).then(|| Duration::from_millis(total_ms))
 }
 
 #[cfg(test)]

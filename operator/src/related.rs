@@ -1,7 +1,8 @@
 //! Resolves `spec.related` entries into the plugin's `request.related`: a referenced object
 //! read through its contract fields (Cluster-API-style API contracts), or the objects
-//! matching a label selector. Reads are made with the controller's impersonated client, so
-//! RBAC decides what a plugin may see.
+//! matching a label selector. Reads are made as the controller's account (from watches the
+//! controller opens as that account, or directly for `wasmop explain`), so RBAC decides what
+//! a plugin may see.
 
 use std::collections::BTreeMap;
 
@@ -17,9 +18,11 @@ use crate::plan::ObjRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("spec.related[{name}].ref: {path:?} is not a valid JSONPath: {message}")]
+    #[error("spec.related[{name}].{field}: {path:?} is not a valid JSONPath: {message}")]
     BadPath {
         name: String,
+        /// `ref` or `contract.<field>`.
+        field: String,
         path: String,
         message: String,
     },
@@ -54,6 +57,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("spec.related[{name}]: {kind}: {message}")]
+    Watch {
+        name: String,
+        kind: String,
+        message: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -64,11 +73,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// [`Error::BadPath`] naming the entry and the path.
 pub fn validate(spec: &RelatedSpec) -> Result<()> {
     let probe = Value::Object(Default::default());
-    let paths = spec.ref_.iter().chain(spec.contract.values());
-    for path in paths {
+    let paths = spec.ref_.iter().map(|p| ("ref".to_string(), p)).chain(
+        spec.contract
+            .iter()
+            .map(|(f, p)| (format!("contract.{f}"), p)),
+    );
+    for (field, path) in paths {
         if let Err(e) = probe.query(path) {
             return Err(Error::BadPath {
                 name: spec.name.clone(),
+                field,
                 path: path.clone(),
                 message: e.to_string(),
             });
@@ -84,37 +98,108 @@ fn first(value: &Value, path: &str) -> Option<Value> {
         .and_then(|hits| hits.first().map(|v| (*v).clone()))
 }
 
+/// Where related objects are read from.
+pub enum Reads<'a> {
+    /// Straight from the API server with this client (`wasmop explain`).
+    Direct(&'a Client),
+    /// From watches opened as the team's account, noting for `parent` what it refers to, so
+    /// a change to a related object re-reconciles exactly the parents that refer to it
+    /// ([`crate::triggers`]).
+    Tracked {
+        tracker: &'a crate::triggers::Tracker,
+        parent: &'a str,
+    },
+}
+
+impl Reads<'_> {
+    fn client(&self) -> &Client {
+        match self {
+            Reads::Direct(client) => client,
+            Reads::Tracked { tracker, .. } => tracker.client(),
+        }
+    }
+
+    async fn get(
+        &self,
+        spec: &RelatedSpec,
+        resource: &ApiResource,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<DynamicObject>> {
+        let read = |source| Error::Read {
+            name: spec.name.clone(),
+            what: format!("{} {name}", resource.kind),
+            source,
+        };
+        match self {
+            Reads::Direct(client) => {
+                Api::<DynamicObject>::namespaced_with((*client).clone(), namespace, resource)
+                    .get_opt(name)
+                    .await
+                    .map_err(read)
+            }
+            Reads::Tracked { tracker, parent } => tracker
+                .get(spec, parent, resource, name)
+                .await
+                .map_err(|e| e.into_related(spec, resource)),
+        }
+    }
+
+    async fn list(
+        &self,
+        spec: &RelatedSpec,
+        resource: &ApiResource,
+        namespace: &str,
+        selector: Option<String>,
+    ) -> Result<Vec<DynamicObject>> {
+        match self {
+            Reads::Direct(client) => {
+                let mut params = ListParams::default();
+                if let Some(selector) = &selector {
+                    params = params.labels(selector);
+                }
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with((*client).clone(), namespace, resource);
+                Ok(api
+                    .list(&params)
+                    .await
+                    .map_err(|source| Error::Read {
+                        name: spec.name.clone(),
+                        what: format!("{} list", resource.kind),
+                        source,
+                    })?
+                    .items)
+            }
+            Reads::Tracked { tracker, .. } => tracker
+                .list(resource, selector)
+                .await
+                .map_err(|e| e.into_related(spec, resource)),
+        }
+    }
+}
+
 /// Resolves one entry for `parent`. Returns the resolved value and, for a `ref`, the
 /// referenced object's identity (an allowed `apply` target).
 ///
 /// # Errors
 /// Disallowed kinds, other namespaces, unknown kinds, read failures (e.g. forbidden).
 pub async fn resolve(
-    client: &Client,
+    reads: &Reads<'_>,
     spec: &RelatedSpec,
     parent: &Value,
     namespace: &str,
 ) -> Result<(Related, Option<ObjRef>)> {
     if let Some(path) = &spec.ref_ {
-        return resolve_ref(client, spec, path, parent, namespace).await;
+        return resolve_ref(reads, spec, path, parent, namespace).await;
     }
     let (Some(api_version), Some(kind)) = (&spec.api_version, &spec.kind) else {
         return Ok((Related::default(), None)); // ruled out by the CRD's CEL rules
     };
     let gvk = crate::kinds::gvk(api_version, kind);
-    let resource = discover(client, &spec.name, &gvk).await?;
-    let mut params = ListParams::default();
-    if let Some(selector) = &spec.selector {
-        params = params.labels(&selector_string(selector));
-    }
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    let list = api.list(&params).await.map_err(|source| Error::Read {
-        name: spec.name.clone(),
-        what: format!("{kind} list"),
-        source,
-    })?;
+    let resource = discover(reads.client(), &spec.name, &gvk).await?;
+    let selector = spec.selector.as_ref().map(selector_string);
+    let list = reads.list(spec, &resource, namespace, selector).await?;
     let mut objects: Vec<Value> = list
-        .items
         .into_iter()
         .map(|o| crate::kinds::clean(o, &resource))
         .collect();
@@ -133,7 +218,7 @@ pub async fn resolve(
 }
 
 async fn resolve_ref(
-    client: &Client,
+    reads: &Reads<'_>,
     spec: &RelatedSpec,
     path: &str,
     parent: &Value,
@@ -183,20 +268,14 @@ async fn resolve_ref(
             kind,
         });
     }
-    let resource = discover(client, &spec.name, &gvk).await?;
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let resource = discover(reads.client(), &spec.name, &gvk).await?;
     let target = ObjRef {
         api_version: api_version.clone(),
         kind: kind.clone(),
         namespace: namespace.into(),
         name: name.clone(),
     };
-    let Some(obj) = api.get_opt(&name).await.map_err(|source| Error::Read {
-        name: spec.name.clone(),
-        what: found.clone(),
-        source,
-    })?
-    else {
+    let Some(obj) = reads.get(spec, &resource, namespace, &name).await? else {
         return Ok((missing_all(format!("{found} does not exist")), None));
     };
     let obj = crate::kinds::clean(obj, &resource);
@@ -238,7 +317,7 @@ async fn discover(client: &Client, name: &str, gvk: &GroupVersionKind) -> Result
         })
 }
 
-fn selector_string(
+pub(crate) fn selector_string(
     selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
 ) -> String {
     let mut parts: Vec<String> = selector
@@ -302,9 +381,14 @@ mod tests {
             ("empty allowedKinds", vec![]),
             ("another kind", vec![configmaps]),
         ] {
-            let err = resolve(&client, &ref_entry(allowed), &parent, "team-a")
-                .await
-                .unwrap_err();
+            let err = resolve(
+                &Reads::Direct(&client),
+                &ref_entry(allowed),
+                &parent,
+                "team-a",
+            )
+            .await
+            .unwrap_err();
             assert!(matches!(err, Error::KindNotAllowed { .. }), "{what}: {err}");
             assert!(
                 err.to_string()
@@ -317,9 +401,14 @@ mod tests {
             group: String::new(),
             kind: None,
         };
-        let err = resolve(&client, &ref_entry(vec![core]), &parent, "team-a")
-            .await
-            .unwrap_err();
+        let err = resolve(
+            &Reads::Direct(&client),
+            &ref_entry(vec![core]),
+            &parent,
+            "team-a",
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, Error::Discovery { .. }), "{err}");
     }
 

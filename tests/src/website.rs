@@ -10,7 +10,7 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::{Operator, eventually, kubectl_stdin};
+use crate::{Operator, eventually, kubectl, kubectl_stdin};
 
 /// How long a test waits for the operator to converge.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -167,4 +167,24 @@ pub async fn get_website(client: &Client, ns: &str, name: &str) -> Result<Dynami
             .get(name)
             .await?,
     )
+}
+
+/// Lets Websites carry `spec.infraRef` (the sample CRD prunes unknown spec fields). The control
+/// plane belongs to this test binary, so changing its CRD affects no other test.
+pub fn allow_infra_ref(cp: &localcp::ControlPlane) -> Result<()> {
+    let patch = json!([{"op": "add",
+        "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/infraRef",
+        "value": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}]);
+    kubectl(
+        cp,
+        &[
+            "patch",
+            "crd",
+            "websites.example.com",
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ],
+    )?;
+    Ok(())
 }

@@ -9,7 +9,7 @@ use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use wasmop_e2e::website::*;
-use wasmop_e2e::{eventually, kubectl, operator, plugin};
+use wasmop_e2e::{eventually, operator, plugin};
 
 static INFRA_REF: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
@@ -20,7 +20,7 @@ async fn setup() -> Result<(
 )> {
     let (cp, op) = operator().await?;
     INFRA_REF
-        .get_or_try_init(|| async { allow_infra_ref(cp) })
+        .get_or_try_init(|| async { wasmop_e2e::website::allow_infra_ref(cp) })
         .await?;
     Ok((cp, op))
 }
@@ -64,26 +64,6 @@ async fn explain_as(kubeconfig: &std::path::Path, target: &str, ns: &str) -> Res
     };
     eprintln!("wasmop explain {target} -n {ns}\n{explained}");
     Ok(explained)
-}
-
-/// Lets Websites carry `spec.infraRef` (the sample CRD prunes unknown spec fields). The control
-/// plane belongs to this test binary, so changing its CRD affects no other test.
-fn allow_infra_ref(cp: &localcp::ControlPlane) -> Result<()> {
-    let patch = json!([{"op": "add",
-        "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/infraRef",
-        "value": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}]);
-    kubectl(
-        cp,
-        &[
-            "patch",
-            "crd",
-            "websites.example.com",
-            "--type=json",
-            "-p",
-            &patch.to_string(),
-        ],
-    )?;
-    Ok(())
 }
 
 /// Creates a Website whose `spec.infraRef` names ConfigMap `infra`, retrying until the API

@@ -1,0 +1,153 @@
+//! End to end: API contracts that react (issue 16, first part). A related object's change
+//! re-reconciles exactly the parents that refer to it, with `resyncPeriod: 1h`, through
+//! watches opened as the team's account. The misbehave plugin's `contract` mode copies the
+//! contract field `ready` into the parent's status and logs `contract of <parent>`.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use serde_json::{Value, json};
+use wasmop_e2e::website::{
+    apply_controller, create_website, put_plugin, team_namespace, wait_ready, website_resource,
+};
+use wasmop_e2e::{Operator, eventually, operator, plugin};
+
+/// How soon a change must reach the parents (the issue asks for "a couple of seconds").
+const REACT: Duration = Duration::from_secs(10);
+
+async fn infra(client: &Client, ns: &str, name: &str, ready: &str) -> Result<()> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                    "data": {"ready": ready}});
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&cm),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn refer(client: &Client, ns: &str, parent: &str, infra: &str) -> Result<()> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &website_resource());
+    let reference = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": infra});
+    eventually(
+        REACT,
+        &format!("{parent} keeping spec.infraRef"),
+        || async {
+            let patched = api
+                .patch(
+                    parent,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"infraRef": reference}})),
+                )
+                .await?;
+            Ok((patched.data["spec"]["infraRef"] == reference).then_some(()))
+        },
+    )
+    .await
+}
+
+async fn ready_of(client: &Client, ns: &str, parent: &str) -> Result<Value> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &website_resource());
+    Ok(api.get(parent).await?.data["status"]["ready"].clone())
+}
+
+async fn wait_ready_value(
+    client: &Client,
+    ns: &str,
+    parent: &str,
+    want: &str,
+    op: &Operator,
+) -> Result<()> {
+    eventually(
+        REACT,
+        &format!("{parent} status.ready = {want}"),
+        || async { Ok((ready_of(client, ns, parent).await? == json!(want)).then_some(())) },
+    )
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(30)))
+}
+
+fn calls_for(op: &Operator, parent: &str) -> usize {
+    std::fs::read_to_string(&op.log)
+        .unwrap_or_default()
+        .matches(&format!("contract of {parent} plugin="))
+        .count()
+}
+
+#[tokio::test]
+async fn a_related_objects_change_reconciles_exactly_the_parents_that_refer_to_it() -> Result<()> {
+    let (cp, op) = operator().await?;
+    wasmop_e2e::website::allow_infra_ref(cp)?; // this binary's own control plane
+    let client = cp.client().await?;
+    let ns = team_namespace(cp, &client, "contracts").await?;
+    put_plugin(&client, &ns, "misbehave", plugin("misbehave")).await?;
+    let related = json!({"resyncPeriod": "1h", "related": [{"name": "infra", "ref": "$.spec.infraRef",
+        "allowedKinds": [{"group": "", "kind": "ConfigMap"}], "contract": {"ready": "$.data.ready"}}]});
+    apply_controller(
+        &client,
+        &ns,
+        "ctl",
+        "misbehave",
+        json!({"mode": "contract"}),
+        related,
+    )
+    .await?;
+    wait_ready(&client, &ns, "ctl", op).await?;
+
+    // A reference to an existing object: its change alone reaches the parent.
+    infra(&client, &ns, "infra-a", "no").await?;
+    create_website(&client, &ns, "site", json!({})).await?;
+    refer(&client, &ns, "site", "infra-a").await?;
+    wait_ready_value(&client, &ns, "site", "no", op).await?;
+    infra(&client, &ns, "infra-a", "yes").await?;
+    wait_ready_value(&client, &ns, "site", "yes", op).await?;
+
+    // A dangling reference: the parent is reconciled when the object appears.
+    create_website(&client, &ns, "later", json!({})).await?;
+    refer(&client, &ns, "later", "infra-b").await?;
+    eventually(REACT, "later reconciled with infra-b missing", || async {
+        Ok((calls_for(op, "later") >= 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(ready_of(&client, &ns, "later").await?, Value::Null);
+    infra(&client, &ns, "infra-b", "provisioned").await?;
+    wait_ready_value(&client, &ns, "later", "provisioned", op).await?;
+
+    // A reference edited to point elsewhere: the old target stops triggering the parent.
+    refer(&client, &ns, "site", "infra-b").await?;
+    wait_ready_value(&client, &ns, "site", "provisioned", op).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await; // let the status write's reconcile settle
+    let (site_before, later_before) = (calls_for(op, "site"), calls_for(op, "later"));
+    infra(&client, &ns, "infra-a", "changed-again").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        calls_for(op, "site"),
+        site_before,
+        "infra-a no longer triggers site"
+    );
+    assert_eq!(
+        calls_for(op, "later"),
+        later_before,
+        "nor a parent that never referred to it"
+    );
+    // The new target does.
+    infra(&client, &ns, "infra-b", "again").await?;
+    wait_ready_value(&client, &ns, "site", "again", op).await?;
+    wait_ready_value(&client, &ns, "later", "again", op).await?;
+
+    // Related objects come from the watches: the related kind is watched as the team in
+    // its namespace.
+    let watched = op
+        .metric(
+            "wasmop_watches",
+            &[("kind", "ConfigMap.v1"), ("namespace", &ns)],
+        )
+        .await?;
+    assert!(watched >= 1.0, "a ConfigMap watch in {ns}");
+    Ok(())
+}
