@@ -102,13 +102,16 @@ impl Identity {
     }
 }
 
+/// `name` if it fits in `max` bytes, else a prefix of it, `_` and 8 hex digits of its sha256.
+/// `_` is allowed in label values, finalizer and field-manager names but in no object name,
+/// so a shortened id can never equal another controller's name spelled out.
 fn short_name(name: &str, max: usize) -> String {
     if name.len() <= max {
         return name.into();
     }
     let digest = crate::source::sha256_hex(name.as_bytes());
     format!(
-        "{}-{}",
+        "{}_{}",
         name[..max - 9].trim_end_matches(['-', '.']),
         &digest[..8]
     )
@@ -372,6 +375,11 @@ fn plan_children(
         let labels = meta.entry("labels").or_insert_with(|| json!({}));
         match labels.as_object_mut() {
             Some(labels) => {
+                for (key, value) in labels.iter() {
+                    if let Some(problem) = label_problem(key, value) {
+                        bad(format!("{path}.metadata.labels"), problem);
+                    }
+                }
                 labels.insert(
                     CONTROLLER_LABEL.into(),
                     Value::String(input.identity.label_value()),
@@ -610,13 +618,47 @@ fn object_ref(
     ))
 }
 
+/// A DNS-1123 subdomain: at most 253 characters, dot-separated labels of lowercase letters,
+/// digits and '-', each starting and ending with a letter or digit.
 fn is_dns_subdomain(s: &str) -> bool {
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     !s.is_empty()
         && s.len() <= 253
-        && s.starts_with(alnum)
-        && s.ends_with(alnum)
-        && s.chars().all(|c| alnum(c) || c == '-' || c == '.')
+        && s.split('.').all(|label| {
+            label.starts_with(alnum)
+                && label.ends_with(alnum)
+                && label.chars().all(|c| alnum(c) || c == '-')
+        })
+}
+
+/// Why a label is not valid, if it is not: a key `[prefix/]name` (prefix a DNS subdomain,
+/// name at most 63 of `[A-Za-z0-9_.-]` starting and ending alphanumeric) and a string value
+/// (empty, or such a name).
+fn label_problem(key: &str, value: &Value) -> Option<String> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 63
+            && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && n.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    let key_ok = match key.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && name_ok(name),
+        None => name_ok(key),
+    };
+    if !key_ok {
+        return Some(format!(
+            "{key:?} is not a valid label key: [prefix/]name, name at most 63 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    match value {
+        Value::String(v) if v.is_empty() || name_ok(v) => None,
+        Value::String(v) => Some(format!(
+            "{key}: {v:?} is not a valid label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        )),
+        other => Some(format!("{key}: must be a string, got {}", type_name(other))),
+    }
 }
 
 fn type_name(v: &Value) -> &'static str {
