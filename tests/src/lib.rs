@@ -129,7 +129,10 @@ pub async fn operator() -> Result<(&'static ControlPlane, &'static Operator)> {
 ///
 /// # Errors
 /// Applying the RBAC, aggregation not happening within a minute, or minting the token.
-pub async fn operator_account(cp: &'static ControlPlane, release_websites: bool) -> Result<PathBuf> {
+pub async fn operator_account(
+    cp: &'static ControlPlane,
+    release_websites: bool,
+) -> Result<PathBuf> {
     let client = cp.client().await?;
     let ns = localcp::create_test_namespace(&client, "wasmop-system").await?;
     let rbac = std::fs::read_to_string(root().join("samples/operator/rbac.yaml"))?
@@ -140,7 +143,10 @@ pub async fn operator_account(cp: &'static ControlPlane, release_websites: bool)
         kubectl_stdin(cp, &["apply", "-f", "-"], Some(&kinds))?;
         wait_aggregated(&client, "wasmop-release-finalizers").await?;
     }
-    let token = kubectl(cp, &["create", "token", "wasmop", "-n", &ns, "--duration=4h"])?;
+    let token = kubectl(
+        cp,
+        &["create", "token", "wasmop", "-n", &ns, "--duration=4h"],
+    )?;
     let mut config: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig())?)?;
     config["users"] = serde_json::json!([{"name": "wasmop", "user": {"token": token.trim()}}]);
@@ -197,6 +203,10 @@ pub async fn start_operator(kubeconfig: &Path) -> Result<Operator> {
         dir.join("cache").to_string_lossy().into(),
         "--kubeconfig".into(),
         kubeconfig.to_string_lossy().into(),
+        // Test namespaces are not deleted, so a binary's controllers add up over its tests:
+        // a budget that never bites here (the budget itself is tested in plugin_host.rs).
+        "--plugin-memory-budget-mib".into(),
+        "65536".into(),
     ];
     let proc = supervisor.spawn("wasmop", &bin, &args, &log)?;
     let metrics_url = format!("http://127.0.0.1:{port}");
@@ -339,4 +349,288 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+/// Installs the WasmController CRD (with its admission policy) and the Website sample CRD on
+/// `cp` and waits until they are served: what [`cluster`] does for the shared control plane,
+/// for tests that start a control plane of their own (restarts, compaction).
+///
+/// # Errors
+/// kubectl fails or the CRDs are not Established within 60 s.
+pub fn install_crds(cp: &ControlPlane) -> Result<()> {
+    let root = root();
+    for file in ["crds/wasmcontroller.yaml", "samples/website/crd.yaml"] {
+        kubectl(
+            cp,
+            &[
+                "apply",
+                "--server-side",
+                "-f",
+                &root.join(file).to_string_lossy(),
+            ],
+        )?;
+    }
+    kubectl(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/wasmcontrollers.wasmop.dev",
+            "crd/websites.example.com",
+        ],
+    )?;
+    Ok(())
+}
+
+/// Sum of a metric's samples in Prometheus text `text` whose label set contains every
+/// `labels` pair (what [`Operator::metric`] computes, for any metrics text).
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// How [`RestartableOperator::stop`] ends the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopWith {
+    /// SIGTERM: a graceful shutdown (SIGKILL only if it outlives the grace period).
+    Term,
+    /// SIGKILL: a crash, mid-whatever it was doing.
+    Kill,
+}
+
+/// How a [`RestartableOperator::stop`] went.
+#[derive(Clone, Copy, Debug)]
+pub struct Stopped {
+    /// From the signal to the process having exited.
+    pub after: Duration,
+    /// The grace period passed after SIGTERM and the process had to be SIGKILLed.
+    pub forced: bool,
+    pub status: Option<std::process::ExitStatus>,
+}
+
+/// A `wasmop run` that a test can stop (SIGTERM or SIGKILL) and start again with the same
+/// flags, the same metrics address, the same log (appended) and the same compiled-plugin
+/// cache, as a Deployment restarting its pod would. Never shares a control plane with
+/// [`operator`]'s (two operators would fight). Stopped when dropped.
+pub struct RestartableOperator {
+    /// `http://127.0.0.1:<port>`: the same for every start.
+    pub metrics_url: String,
+    /// Every start's output, appended, with a `=== e2e: ...` line where the test noted
+    /// something ([`RestartableOperator::note`]).
+    pub log: PathBuf,
+    bin: PathBuf,
+    args: Vec<String>,
+    proc: std::sync::Mutex<Option<Proc>>,
+    starts: std::sync::atomic::AtomicU32,
+    // Last: dropped after the process, so it deletes the directory last.
+    supervisor: Supervisor,
+}
+
+impl RestartableOperator {
+    /// Starts `wasmop run --kubeconfig <kubeconfig>` and waits for `/readyz` (60 s).
+    ///
+    /// # Errors
+    /// It cannot be started or does not become ready (the error has its log's tail).
+    pub async fn start(kubeconfig: &Path) -> Result<Self> {
+        let bin = wasmop_bin()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        // A name of its own (tempdir's may repeat within one process).
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wasmop-e2e-restartable-{}-{}-{port}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let keep = std::env::var_os("WASMOP_E2E_KEEP").is_some();
+        if keep {
+            eprintln!("wasmop-e2e: keeping {}", dir.display());
+        }
+        let supervisor = Supervisor::start((!keep).then_some(dir.as_path()))?;
+        let args: Vec<String> = vec![
+            "run".into(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--cache-dir".into(),
+            dir.join("cache").to_string_lossy().into(),
+            "--kubeconfig".into(),
+            kubeconfig.to_string_lossy().into(),
+        ];
+        let op = Self {
+            metrics_url: format!("http://127.0.0.1:{port}"),
+            log: dir.join("wasmop.log"),
+            bin,
+            args,
+            proc: std::sync::Mutex::new(None),
+            starts: std::sync::atomic::AtomicU32::new(0),
+            supervisor,
+        };
+        op.spawn()?;
+        op.wait_ready(Duration::from_secs(60)).await?;
+        Ok(op)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Proc>> {
+        self.proc.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a new process (when none runs); does not wait for it.
+    ///
+    /// # Errors
+    /// One is still running, or it cannot be spawned.
+    pub fn spawn(&self) -> Result<()> {
+        let mut slot = self.lock();
+        if let Some(proc) = slot.as_mut()
+            && proc.exited().is_none()
+        {
+            bail!("wasmop (pid {}) is still running", proc.pid());
+        }
+        if let Some(mut old) = slot.take() {
+            self.supervisor.stop_proc(&mut old, Duration::ZERO);
+        }
+        let n = self
+            .starts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.append_log(&format!("=== e2e: start {} ===", n + 1));
+        *slot = Some(
+            self.supervisor
+                .spawn("wasmop", &self.bin, &self.args, &self.log)?,
+        );
+        Ok(())
+    }
+
+    /// Waits until `/readyz` answers 200; returns how long that took.
+    ///
+    /// # Errors
+    /// The process exits or `timeout` passes (with the log's tail).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<Duration> {
+        let began = Instant::now();
+        loop {
+            if self.readyz().await == Some(200) {
+                return Ok(began.elapsed());
+            }
+            if let Some(status) = self.lock().as_mut().and_then(Proc::exited) {
+                bail!(
+                    "wasmop exited ({status}) before becoming ready; log {}:\n{}",
+                    self.log.display(),
+                    self.log_tail(40)
+                );
+            }
+            if began.elapsed() > timeout {
+                bail!(
+                    "wasmop did not become ready in {timeout:?}; log {}:\n{}",
+                    self.log.display(),
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `/readyz`'s status code, `None` when nothing answers.
+    pub async fn readyz(&self) -> Option<u16> {
+        http_get(&format!("{}/readyz", self.metrics_url))
+            .await
+            .ok()
+            .map(|(code, _)| code)
+    }
+
+    /// Stops the running process: SIGTERM (SIGKILL after `grace`) or SIGKILL at once.
+    ///
+    /// # Errors
+    /// No process runs.
+    pub async fn stop(&self, how: StopWith, grace: Duration) -> Result<Stopped> {
+        let mut proc = self.lock().take().context("no wasmop process is running")?;
+        self.append_log(&format!("=== e2e: stopping with {how:?} ==="));
+        let began = Instant::now();
+        let mut forced = false;
+        let status = match how {
+            StopWith::Kill => proc.kill_now(),
+            StopWith::Term => {
+                proc.terminate();
+                loop {
+                    if let Some(status) = proc.exited() {
+                        break Some(status);
+                    }
+                    if began.elapsed() > grace {
+                        forced = true;
+                        break proc.kill_now();
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let after = began.elapsed();
+        self.supervisor.stop_proc(&mut proc, Duration::ZERO);
+        Ok(Stopped {
+            after,
+            forced,
+            status,
+        })
+    }
+
+    /// The running process's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().as_ref().map(Proc::pid)
+    }
+
+    /// How many processes were started so far.
+    pub fn starts(&self) -> u32 {
+        self.starts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The `/metrics` text of the running process.
+    ///
+    /// # Errors
+    /// Nothing answers.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(http_get(&format!("{}/metrics", self.metrics_url)).await?.1)
+    }
+
+    /// Sum of a metric's samples whose label set contains every `labels` pair.
+    ///
+    /// # Errors
+    /// Nothing answers.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        Ok(metric_in(&self.metrics().await?, name, labels))
+    }
+
+    /// Appends `=== e2e: <what> ===` to the log, so a post-mortem sees what the test did when.
+    pub fn note(&self, what: &str) {
+        self.append_log(&format!("=== e2e: {what} ==="));
+    }
+
+    fn append_log(&self, line: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// The last lines of the log (every start's).
+    pub fn log_tail(&self, lines: usize) -> String {
+        localcp::supervisor::log_tail(&self.log, lines)
+    }
+}
+
+impl Drop for RestartableOperator {
+    fn drop(&mut self) {
+        if let Some(mut proc) = self.lock().take() {
+            self.supervisor.stop_proc(&mut proc, Duration::ZERO);
+        }
+    }
 }
