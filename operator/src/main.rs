@@ -269,51 +269,7 @@ async fn main() -> anyhow::Result<()> {
                     runtime,
                     wasm_opt,
                 },
-        } => {
-            use anyhow::Context as _;
-            let js = std::fs::read_to_string(&source)
-                .with_context(|| format!("reading {}", source.display()))?;
-            let runtime = wasmop_js_build::load_runtime(&runtime)?;
-            let name = source
-                .file_name()
-                .map_or_else(|| "plugin.js".into(), |n| n.to_string_lossy().into_owned());
-            let opt = if wasm_opt {
-                wasmop_js_build::WasmOpt::IfInstalled
-            } else {
-                wasmop_js_build::WasmOpt::Off
-            };
-            let started = std::time::Instant::now();
-            // wasmtime-wasi's synchronous API drives its own runtime: keep it off tokio's threads.
-            let plugin = tokio::task::spawn_blocking(move || {
-                wasmop_js_build::Builder::new(&runtime)
-                    .file_name(name)
-                    .wasm_opt(opt)
-                    .build(&js)
-            })
-            .await??;
-            if !plugin.console.is_empty() {
-                eprint!("{}", plugin.console);
-            }
-            std::fs::write(&output, &plugin.wasm)
-                .with_context(|| format!("writing {}", output.display()))?;
-            eprintln!(
-                "wrote {} ({} bytes{}{}) in {:.1}s",
-                output.display(),
-                plugin.wasm.len(),
-                if plugin.has_finalize {
-                    ", exports finalize"
-                } else {
-                    ""
-                },
-                if plugin.wasm_opt_ran {
-                    ", wasm-opt"
-                } else {
-                    ""
-                },
-                started.elapsed().as_secs_f64()
-            );
-            Ok(())
-        }
+        } => js_build(&source, &output, &runtime, wasm_opt).await,
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&wasmop_abi::schema())?);
             Ok(())
@@ -373,6 +329,58 @@ async fn main() -> anyhow::Result<()> {
             exit_with(wasmop::explain::explain(&opts, &logs, &mut std::io::stdout().lock()).await)
         }
     }
+}
+
+/// `wasmop js build`: pre-initialises a JavaScript plugin into a wasm module.
+async fn js_build(
+    source: &std::path::Path,
+    output: &std::path::Path,
+    runtime: &std::path::Path,
+    wasm_opt: bool,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let js =
+        std::fs::read_to_string(source).with_context(|| format!("reading {}", source.display()))?;
+    let runtime = wasmop_js_build::load_runtime(runtime)?;
+    let name = source
+        .file_name()
+        .map_or_else(|| "plugin.js".into(), |n| n.to_string_lossy().into_owned());
+    let opt = if wasm_opt {
+        wasmop_js_build::WasmOpt::IfInstalled
+    } else {
+        wasmop_js_build::WasmOpt::Off
+    };
+    let started = std::time::Instant::now();
+    // wasmtime-wasi's synchronous API drives its own runtime: keep it off tokio's threads.
+    let plugin = tokio::task::spawn_blocking(move || {
+        wasmop_js_build::Builder::new(&runtime)
+            .file_name(name)
+            .wasm_opt(opt)
+            .build(&js)
+    })
+    .await??;
+    if !plugin.console.is_empty() {
+        eprint!("{}", plugin.console);
+    }
+    std::fs::write(output, &plugin.wasm)
+        .with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "wrote {} ({} bytes{}{}) in {:.1}s",
+        output.display(),
+        plugin.wasm.len(),
+        if plugin.has_finalize {
+            ", exports finalize"
+        } else {
+            ""
+        },
+        if plugin.wasm_opt_ran {
+            ", wasm-opt"
+        } else {
+            ""
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Exit codes of the local tools: 0 success, 1 a failed or blocked result, 2 could not run
