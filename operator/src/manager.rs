@@ -550,10 +550,19 @@ async fn write_ready(
     message: &str,
 ) -> Result<(), kube::Error> {
     let ready = condition("Ready", "False", reason, message, wc.metadata.generation);
-    let body = json!({"apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController",
-                      "status": {"conditions": [ready]}});
+    apply_status(ctx, wc, json!({"conditions": [ready]})).await
+}
+
+/// Server-side applies `status` to the WasmController's status as the operator.
+async fn apply_status(
+    ctx: &Context,
+    wc: &WasmController,
+    status: serde_json::Value,
+) -> Result<(), kube::Error> {
     let api: Api<WasmController> =
         Api::namespaced(ctx.client.clone(), &wc.namespace().unwrap_or_default());
+    let body =
+        json!({"apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController", "status": status});
     api.patch_status(
         &wc.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -863,17 +872,7 @@ async fn write_status(
     if status == current {
         return Ok(());
     }
-    let api: Api<WasmController> =
-        Api::namespaced(ctx.client.clone(), &wc.namespace().unwrap_or_default());
-    let body =
-        json!({"apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController", "status": status});
-    api.patch_status(
-        &wc.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
+    apply_status(ctx, wc, json!(status)).await
 }
 
 /// How long a parent the rate limit held back is reported after the last time it was.

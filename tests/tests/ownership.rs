@@ -672,18 +672,31 @@ async fn deleting_a_finalizing_wasmcontroller_releases_every_parent() -> Result<
     Ok(())
 }
 
-#[tokio::test]
-async fn turning_finalize_off_releases_the_parents() -> Result<()> {
-    let (_, op, client, ns) = team("toggle").await?;
-    misbehave_controller(&client, &ns, "ctl", json!({}), finalize_spec("done")).await?;
-    wait_ready(&client, &ns, "ctl", op).await?;
-    create_website(&client, &ns, "site", json!({})).await?;
+/// Controller `ctl` with `finalize` (the plugin's `finalize` answering as `mode` says), and
+/// a parent `name` once it carries the controller's finalizer.
+async fn parent_with_finalizer(
+    client: &Client,
+    ns: &str,
+    op: &Operator,
+    mode: &str,
+    name: &str,
+) -> Result<()> {
+    misbehave_controller(client, ns, "ctl", json!({}), finalize_spec(mode)).await?;
+    wait_ready(client, ns, "ctl", op).await?;
+    create_website(client, ns, name, json!({})).await?;
     eventually(WAIT, "finalizer on the parent", || async {
-        Ok(finalizers_of(&client, &ns, "site")
+        Ok(finalizers_of(client, ns, name)
             .await?
             .filter(|f| !f.is_empty()))
     })
-    .await?;
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test]
+async fn turning_finalize_off_releases_the_parents() -> Result<()> {
+    let (_, op, client, ns) = team("toggle").await?;
+    parent_with_finalizer(&client, &ns, op, "done", "site").await?;
     let off = json!({"plugin": {"source": {"configMap": {"name": "misbehave", "key": "plugin.wasm"}},
                                 "config": {"mode": "marker"}, "finalize": false}});
     misbehave_controller(&client, &ns, "ctl", json!({}), off).await?;
@@ -708,15 +721,7 @@ async fn turning_finalize_off_releases_the_parents() -> Result<()> {
 #[tokio::test]
 async fn a_parent_whose_finalize_always_fails_can_be_let_go_by_annotation() -> Result<()> {
     let (_, op, client, ns) = team("skip").await?;
-    misbehave_controller(&client, &ns, "ctl", json!({}), finalize_spec("fail")).await?;
-    wait_ready(&client, &ns, "ctl", op).await?;
-    create_website(&client, &ns, "stuck", json!({})).await?;
-    eventually(WAIT, "finalizer on the parent", || async {
-        Ok(finalizers_of(&client, &ns, "stuck")
-            .await?
-            .filter(|f| !f.is_empty()))
-    })
-    .await?;
+    parent_with_finalizer(&client, &ns, op, "fail", "stuck").await?;
     let websites: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &website_resource());
     websites.delete("stuck", &DeleteParams::default()).await?;
