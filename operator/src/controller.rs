@@ -97,6 +97,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Finalizer(#[from] finalizers::Error),
+    #[error(
+        "nothing more was written: another field manager owns a field of {target} that this controller sets to another value ({message}). Two controllers must not set the same field: change one plugin, or have one of them own the field"
+    )]
+    FieldConflict { target: ObjRef, message: String },
 }
 
 fn list(conflicts: &[Conflict]) -> String {
@@ -131,6 +135,7 @@ impl Error {
             Error::Write { .. } | Error::Finalizer(_) => "write_failed",
             Error::BadChild { .. } => "invalid_output",
             Error::ChildConflict { .. } => "child_conflict",
+            Error::FieldConflict { .. } => "field_conflict",
             Error::WaitingForDependencies { .. } => "waiting_for_dependencies",
         }
     }
@@ -148,6 +153,7 @@ impl Error {
             Error::Write { .. } | Error::Finalizer(_) => "WriteRejected",
             Error::BadChild { .. } => "InvalidResponse",
             Error::ChildConflict { .. } => "ChildConflict",
+            Error::FieldConflict { .. } => "FieldConflict",
             Error::WaitingForDependencies { .. } => "WaitingForDependencies",
         }
     }

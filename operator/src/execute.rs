@@ -418,39 +418,50 @@ async fn write_one(
     match write {
         Write::Create { apply, resource } => create(rt, parent, apply, resource, dry_run).await,
         Write::Apply {
+            target,
             apply,
             resource,
             subresource_status,
             uid,
             ..
         } => {
-            apply_one(
-                rt,
-                apply,
-                resource,
-                *subresource_status,
-                uid.as_deref(),
-                dry_run,
-            )
-            .await
+            let to = Target {
+                force: *target == "child",
+                status: *subresource_status,
+                uid: uid.as_deref(),
+            };
+            apply_one(rt, apply, resource, &to, dry_run).await
         }
         Write::Prune { owned, resource } => prune(rt, owned, resource, dry_run).await,
     }
 }
 
-/// A server-side apply as this controller's field manager; with `uid`, only to that object.
+/// How an apply is sent.
+struct Target<'a> {
+    /// Take fields other managers own: only for children, which are this controller's alone.
+    /// The parent and related objects are shared: a field another manager owns with another
+    /// value is a [`Error::FieldConflict`], never silently taken.
+    force: bool,
+    /// To the status subresource.
+    status: bool,
+    /// Only to the object with this uid.
+    uid: Option<&'a str>,
+}
+
+/// A server-side apply as this controller's field manager.
 async fn apply_one(
     rt: &Runtime,
     apply: &Apply,
     resource: &ApiResource,
-    subresource_status: bool,
-    uid: Option<&str>,
+    to: &Target<'_>,
     dry_run: bool,
 ) -> Result<Option<String>> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(rt.client.clone(), &apply.target.namespace, resource);
-    let mut params = PatchParams::apply(&rt.identity.field_manager).force();
+    let mut params = PatchParams::apply(&rt.identity.field_manager);
+    params.force = to.force;
     params.dry_run = dry_run;
+    let (subresource_status, uid) = (to.status, to.uid);
     let mut body = apply.body.clone();
     if let Some(uid) = uid {
         body["metadata"]["uid"] = json!(uid); // the API server refuses if it is another object
@@ -468,10 +479,18 @@ async fn apply_one(
         (false, true) => "a dry-run apply",
         (false, false) => "the apply",
     };
-    let obj = result.map_err(|source| Error::Write {
-        action,
-        target: apply.target.clone(),
-        source,
+    let obj = result.map_err(|source| match source {
+        kube::Error::Api(e) if e.code == 409 && !to.force && e.reason == "Conflict" => {
+            Error::FieldConflict {
+                target: apply.target.clone(),
+                message: e.message,
+            }
+        }
+        source => Error::Write {
+            action,
+            target: apply.target.clone(),
+            source,
+        },
     })?;
     Ok(obj.resource_version())
 }
@@ -531,7 +550,13 @@ async fn create(
                     });
                 }
             };
-            let rv = apply_one(rt, apply, resource, false, live.uid().as_deref(), dry_run).await?;
+            let uid = live.uid();
+            let to = Target {
+                force: true,
+                status: false,
+                uid: uid.as_deref(),
+            };
+            let rv = apply_one(rt, apply, resource, &to, dry_run).await?;
             if adopt && !dry_run {
                 adopted(rt, parent, &apply.target).await;
             }

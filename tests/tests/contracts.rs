@@ -151,3 +151,50 @@ async fn a_related_objects_change_reconciles_exactly_the_parents_that_refer_to_i
     assert!(watched >= 1.0, "a ConfigMap watch in {ns}");
     Ok(())
 }
+
+/// Two controllers on one parent writing the same status field with different values: the
+/// API server's conflict is reported (naming the other field manager), never forced.
+#[tokio::test]
+async fn two_controllers_writing_one_field_report_the_conflict_instead_of_forcing() -> Result<()> {
+    let (cp, op) = operator().await?;
+    let client = cp.client().await?;
+    let ns = team_namespace(cp, &client, "two-writers").await?;
+    put_plugin(&client, &ns, "misbehave", plugin("misbehave")).await?;
+    let first = json!({"mode": "config", "children": [], "status": {"phase": "first"}});
+    apply_controller(&client, &ns, "first", "misbehave", first, json!({})).await?;
+    wait_ready(&client, &ns, "first", op).await?;
+    create_website(&client, &ns, "shared", json!({})).await?;
+    eventually(REACT, "the first controller's status", || async {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns, &website_resource());
+        Ok((api.get("shared").await?.data["status"]["phase"] == "first").then_some(()))
+    })
+    .await?;
+
+    let second = json!({"mode": "config", "children": [], "status": {"phase": "second"}});
+    apply_controller(&client, &ns, "second", "misbehave", second, json!({})).await?;
+    let (_, reason, message) =
+        eventually(WAIT_LONG, "the second controller's conflict", || async {
+            Ok(
+                wasmop_e2e::website::condition(&client, &ns, "second", "Degraded")
+                    .await?
+                    .filter(|(s, _, _)| s == "True"),
+            )
+        })
+        .await
+        .map_err(|e| anyhow!("{e}\n{}", op.log_tail(30)))?;
+    assert_eq!(reason, "FieldConflict", "{message}");
+    assert!(
+        message.contains(&format!("wasmop.dev/{ns}.first")) && message.contains(".status.phase"),
+        "names the other manager and the field: {message}"
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &website_resource());
+    assert_eq!(
+        api.get("shared").await?.data["status"]["phase"],
+        "first",
+        "not forced"
+    );
+    Ok(())
+}
+
+const WAIT_LONG: Duration = Duration::from_secs(60);

@@ -9,7 +9,7 @@
 //! | `undeclared` | returns a marker ConfigMap *and* a Secret (an undeclared kind)       |
 //! | `error`      | fails the call with a message                                        |
 //! | `panic`      | panics (a trap)                                                      |
-//! | `config`     | returns `config.children` (`{parent}` in any string becomes the parent's name) |
+//! | `config`     | returns `config.children` (`{parent}` in any string becomes the parent's name) and `config.status` |
 //! | `echo`       | returns every current child exactly as received (a marker when there are none) |
 //! | `churn`      | a status that changes on every write (the parent's resourceVersion): a hot loop |
 //! | `many`       | `config.count` ConfigMaps `<parent>-<i>`                              |
@@ -60,7 +60,13 @@ pub fn reconcile(Json(req): Json<ReconcileRequest>) -> FnResult<Vec<u8>> {
         },
         "config" => ReconcileResponse {
             children: configured_children(&req),
-            status: Some(json!({"phase": "Configured"})),
+            status: Some(
+                req.controller
+                    .config
+                    .get("status")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"phase": "Configured"})),
+            ),
             ..Default::default()
         },
         "echo" => {
