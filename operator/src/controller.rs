@@ -610,6 +610,14 @@ pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Re
     };
     for spec in &rt.spec.related {
         let (value, target) = related::resolve(&reads, spec, &parent_json, &rt.namespace).await?;
+        for violation in &value.violations {
+            let note = format!(
+                "spec.related[{}]: contract violation: {violation}",
+                spec.name
+            );
+            rt.publish(parent, KubeEventType::Warning, "ContractViolation", &note)
+                .await;
+        }
         related_inputs.insert(spec.name.clone(), value);
         related_targets.extend(target);
     }

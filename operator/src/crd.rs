@@ -129,6 +129,13 @@ pub struct RelatedSpec {
     /// `ready: $.status.ready`. Values are handed to the plugin under `contract`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub contract: BTreeMap<String, String>,
+    /// With `ref`: contract fields that may live at several places (a contract that evolved,
+    /// e.g. Cluster API's `status.ready` in v1beta1 and `status.initialization.provisioned`
+    /// in v1beta2) and must have a JSON type. The plugin gets the value under `contract` and
+    /// the path it came from under `matched`; a value of another type is a contract
+    /// violation: reported as a Warning Event on the parent and missing for the plugin.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contract_fields: BTreeMap<String, ContractField>,
     /// With `selector`: the kind to list in the parent's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
@@ -136,6 +143,56 @@ pub struct RelatedSpec {
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+}
+
+/// A contract field read from one of several places.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractField {
+    /// JSONPaths into the referenced object, tried in order: the first one present gives the
+    /// value (put the newest contract version first).
+    #[schemars(length(min = 1, max = 8))]
+    pub paths: Vec<String>,
+    /// The JSON type the value must have; any type when absent.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<ContractType>,
+}
+
+/// A JSON type a contract field's value must have.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ContractType {
+    Boolean,
+    String,
+    Integer,
+    Number,
+    Object,
+    Array,
+}
+
+impl ContractType {
+    /// Whether `value` has this type (`integer` is a number without a fraction).
+    pub fn matches(self, value: &Value) -> bool {
+        match self {
+            ContractType::Boolean => value.is_boolean(),
+            ContractType::String => value.is_string(),
+            ContractType::Integer => value.is_i64() || value.is_u64(),
+            ContractType::Number => value.is_number(),
+            ContractType::Object => value.is_object(),
+            ContractType::Array => value.is_array(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ContractType::Boolean => "boolean",
+            ContractType::String => "string",
+            ContractType::Integer => "integer",
+            ContractType::Number => "number",
+            ContractType::Object => "object",
+            ContractType::Array => "array",
+        }
+    }
 }
 
 /// A group, or one kind of it.
@@ -262,8 +319,8 @@ const CEL_RULES: &[(&[&str], &str, &str)] = &[
     ),
     (
         &["spec", "related", "[]"],
-        "has(self.ref) || (!has(self.contract) && !has(self.allowedKinds))",
-        "spec.related[]: contract and allowedKinds only apply to ref entries",
+        "has(self.ref) || (!has(self.contract) && !has(self.contractFields) && !has(self.allowedKinds))",
+        "spec.related[]: contract, contractFields and allowedKinds only apply to ref entries",
     ),
     (
         &["spec", "related", "[]"],

@@ -18,6 +18,10 @@ use crate::plan::ObjRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "spec.related[{name}].contractFields.{field}: {field} is in contract too: name each contract field once"
+    )]
+    ContractFieldTwice { name: String, field: String },
     #[error("spec.related[{name}].{field}: {path:?} is not a valid JSONPath: {message}")]
     BadPath {
         name: String,
@@ -72,12 +76,33 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// # Errors
 /// [`Error::BadPath`] naming the entry and the path.
 pub fn validate(spec: &RelatedSpec) -> Result<()> {
+    if let Some(field) = spec
+        .contract_fields
+        .keys()
+        .find(|f| spec.contract.contains_key(*f))
+    {
+        return Err(Error::ContractFieldTwice {
+            name: spec.name.clone(),
+            field: field.clone(),
+        });
+    }
     let probe = Value::Object(Default::default());
-    let paths = spec.ref_.iter().map(|p| ("ref".to_string(), p)).chain(
-        spec.contract
+    let contract = spec
+        .contract
+        .iter()
+        .map(|(f, p)| (format!("contract.{f}"), p));
+    let contract_fields = spec.contract_fields.iter().flat_map(|(f, cf)| {
+        cf.paths
             .iter()
-            .map(|(f, p)| (format!("contract.{f}"), p)),
-    );
+            .enumerate()
+            .map(move |(i, p)| (format!("contractFields.{f}.paths[{i}]"), p))
+    });
+    let paths = spec
+        .ref_
+        .iter()
+        .map(|p| ("ref".to_string(), p))
+        .chain(contract)
+        .chain(contract_fields);
     for (field, path) in paths {
         if let Err(e) = probe.query(path) {
             return Err(Error::BadPath {
@@ -279,32 +304,75 @@ async fn resolve_ref(
         return Ok((missing_all(format!("{found} does not exist")), None));
     };
     let obj = crate::kinds::clean(obj, &resource);
-    let mut contract = BTreeMap::new();
-    let mut missing = Vec::new();
-    for (field, path) in &spec.contract {
-        match first(&obj, path) {
-            Some(v) => {
-                contract.insert(field.clone(), v);
-            }
-            None => missing.push(field.clone()),
-        }
-    }
-    let reason = (!missing.is_empty()).then(|| {
-        format!(
+    let read = read_contract(spec, &obj, &found);
+    let reason = (!read.missing.is_empty()).then(|| {
+        let mut reason = format!(
             "{found} does not set contract field(s) {}",
-            missing.join(", ")
-        )
+            read.missing.join(", ")
+        );
+        if !read.violations.is_empty() {
+            reason += &format!(" ({})", read.violations.join("; "));
+        }
+        reason
     });
     Ok((
         Related {
             object: Some(obj),
             objects: Vec::new(),
-            contract,
-            missing,
+            contract: read.contract,
+            missing: read.missing,
+            matched: read.matched,
+            violations: read.violations,
             reason,
         },
         Some(target),
     ))
+}
+
+/// What the contract fields of an entry read from one object.
+#[derive(Debug, Default, PartialEq)]
+struct ContractRead {
+    contract: BTreeMap<String, Value>,
+    matched: BTreeMap<String, String>,
+    missing: Vec<String>,
+    violations: Vec<String>,
+}
+
+/// Reads `contract` (one path each) and `contractFields` (paths tried in order, the first
+/// present one decides; a value of the wrong type is a violation and counts as missing).
+fn read_contract(spec: &RelatedSpec, obj: &Value, found: &str) -> ContractRead {
+    let mut read = ContractRead::default();
+    for (field, path) in &spec.contract {
+        match first(obj, path) {
+            Some(v) => {
+                read.contract.insert(field.clone(), v);
+                read.matched.insert(field.clone(), path.clone());
+            }
+            None => read.missing.push(field.clone()),
+        }
+    }
+    for (field, cf) in &spec.contract_fields {
+        let hit = cf
+            .paths
+            .iter()
+            .find_map(|path| first(obj, path).map(|v| (path, v)));
+        match hit {
+            Some((path, v)) if cf.type_.is_none_or(|t| t.matches(&v)) => {
+                read.contract.insert(field.clone(), v);
+                read.matched.insert(field.clone(), path.clone());
+            }
+            Some((path, v)) => {
+                let want = cf.type_.map_or("", |t| t.name());
+                read.violations.push(format!(
+                    "{field}: {found} has {v} at {path}, not a {want} as the contract requires"
+                ));
+                read.missing.push(field.clone());
+            }
+            None => read.missing.push(field.clone()),
+        }
+    }
+    read.missing.sort();
+    read
 }
 
 async fn discover(client: &Client, name: &str, gvk: &GroupVersionKind) -> Result<ApiResource> {
@@ -362,6 +430,7 @@ mod tests {
             ref_: Some("$.spec.infraRef".into()),
             allowed_kinds,
             contract: BTreeMap::new(),
+            contract_fields: BTreeMap::new(),
             api_version: None,
             kind: None,
             selector: None,
@@ -413,12 +482,55 @@ mod tests {
     }
 
     #[test]
+    fn contract_fields_try_their_paths_in_order_and_check_the_type() {
+        use crate::crd::{ContractField, ContractType};
+        let spec = RelatedSpec {
+            name: "infra".into(),
+            ref_: Some("$.spec.infraRef".into()),
+            allowed_kinds: vec![],
+            contract: BTreeMap::new(),
+            contract_fields: BTreeMap::from([(
+                "ready".to_string(),
+                ContractField {
+                    paths: vec![
+                        "$.status.initialization.provisioned".into(),
+                        "$.status.ready".into(),
+                    ],
+                    type_: Some(ContractType::Boolean),
+                },
+            )]),
+            api_version: None,
+            kind: None,
+            selector: None,
+        };
+        let v1beta2 = json!({"status": {"initialization": {"provisioned": true}, "ready": false}});
+        let read = read_contract(&spec, &v1beta2, "Infra/a");
+        assert_eq!(read.contract["ready"], json!(true));
+        assert_eq!(read.matched["ready"], "$.status.initialization.provisioned");
+        let v1beta1 = json!({"status": {"ready": true}});
+        let read = read_contract(&spec, &v1beta1, "Infra/a");
+        assert_eq!(read.matched["ready"], "$.status.ready");
+        let wrong = json!({"status": {"ready": "yes"}});
+        let read = read_contract(&spec, &wrong, "Infra/a");
+        assert!(read.contract.is_empty());
+        assert_eq!(read.missing, vec!["ready".to_string()]);
+        assert_eq!(
+            read.violations,
+            vec![
+                "ready: Infra/a has \"yes\" at $.status.ready, not a boolean as the contract requires"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
     fn a_bad_jsonpath_is_reported_with_the_entry_name() {
         let spec = RelatedSpec {
             name: "infra".into(),
             ref_: Some("$.spec[".into()),
             allowed_kinds: vec![],
             contract: BTreeMap::new(),
+            contract_fields: BTreeMap::new(),
             api_version: None,
             kind: None,
             selector: None,

@@ -1537,6 +1537,7 @@ fn related(name: &str, ref_: Option<String>, contract: BTreeMap<String, String>)
         ref_,
         allowed_kinds: Vec::new(),
         contract,
+        contract_fields: BTreeMap::new(),
         api_version: None,
         kind: None,
         selector: None,

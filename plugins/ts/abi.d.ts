@@ -56,8 +56,21 @@ export interface Related {
    * A field that is not present in the object is absent here and listed in `missing`.
    */
   contract?: { [key: string]: Unstructured };
-  /** Contract field names whose JSONPath matched nothing in `object`. */
+  /**
+   * Contract field names whose JSONPath matched nothing in `object`, or whose value had
+   * the wrong type (see `violations`).
+   */
   missing?: string[];
+  /**
+   * For each field in `contract`: the JSONPath its value came from (with `contractFields`,
+   * the first of its paths present in the object).
+   */
+  matched?: { [key: string]: string };
+  /**
+   * Contract violations: a field whose value is not of the type `contractFields` asks
+   * for (also reported as a Warning Event on the parent). The field is in `missing`.
+   */
+  violations?: string[];
   /** Why `object` is null, when it is (e.g. "spec.infrastructureRef is not set"). */
   reason?: string | null;
 }

@@ -198,3 +198,143 @@ async fn two_controllers_writing_one_field_report_the_conflict_instead_of_forcin
 }
 
 const WAIT_LONG: Duration = Duration::from_secs(60);
+
+/// An infrastructure kind installed after the operator started, in two shapes (Cluster API
+/// v1beta1 `status.ready`, v1beta2 `status.initialization.provisioned`), serves one contract
+/// field; a value of the wrong type is a contract violation, never a crash.
+#[tokio::test]
+async fn an_evolved_contract_is_served_by_both_shapes_and_a_wrong_type_is_a_violation() -> Result<()>
+{
+    let (cp, op) = operator().await?;
+    wasmop_e2e::website::allow_infra_ref(cp)?;
+    let client = cp.client().await?;
+    let crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: infras.example.com }
+spec:
+  group: example.com
+  names: { kind: Infra, listKind: InfraList, plural: infras, singular: infra }
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true }
+"#;
+    wasmop_e2e::kubectl_stdin(cp, &["apply", "--server-side", "-f", "-"], Some(crd))?;
+    wasmop_e2e::kubectl(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/infras.example.com",
+        ],
+    )?;
+    let rbac = wasmop_e2e::website::sample_rbac()?.replace(
+        "  - apiGroups: [events.k8s.io]",
+        "  - apiGroups: [example.com]\n    resources: [infras]\n    verbs: [get, list, watch]\n  - apiGroups: [events.k8s.io]",
+    );
+    let ns = wasmop_e2e::website::namespace_with(cp, &client, "evolved", &rbac).await?;
+    put_plugin(&client, &ns, "misbehave", plugin("misbehave")).await?;
+    let related = json!({"resyncPeriod": "1h", "related": [{"name": "infra", "ref": "$.spec.infraRef",
+        "allowedKinds": [{"group": "example.com", "kind": "Infra"}],
+        "contractFields": {"ready": {"paths": ["$.status.initialization.provisioned", "$.status.ready"],
+                                      "type": "boolean"}}}]});
+    apply_controller(
+        &client,
+        &ns,
+        "ctl",
+        "misbehave",
+        json!({"mode": "contract"}),
+        related,
+    )
+    .await?;
+    wait_ready(&client, &ns, "ctl", op).await?;
+
+    let infras = kube::api::ApiResource {
+        group: "example.com".into(),
+        version: "v1".into(),
+        api_version: "example.com/v1".into(),
+        kind: "Infra".into(),
+        plural: "infras".into(),
+    };
+    let infra_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &infras);
+    let put_infra = |name: &'static str, status: Value| {
+        let infra_api = infra_api.clone();
+        async move {
+            let body = json!({"apiVersion": "example.com/v1", "kind": "Infra",
+                              "metadata": {"name": name}, "status": status});
+            infra_api
+                .patch(
+                    name,
+                    &PatchParams::apply("e2e-test").force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+        }
+    };
+    put_infra("old", json!({"ready": true})).await?;
+    put_infra("new", json!({"initialization": {"provisioned": true}})).await?;
+    put_infra("bad", json!({"ready": "yes"})).await?;
+    let websites: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &website_resource());
+    for (site, infra) in [("on-old", "old"), ("on-new", "new"), ("on-bad", "bad")] {
+        create_website(&client, &ns, site, json!({})).await?;
+        let reference = json!({"apiVersion": "example.com/v1", "kind": "Infra", "name": infra});
+        eventually(REACT, "spec.infraRef kept", || async {
+            let patched = websites
+                .patch(
+                    site,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"infraRef": reference}})),
+                )
+                .await?;
+            Ok((patched.data["spec"]["infraRef"] == reference).then_some(()))
+        })
+        .await?;
+    }
+    let status_of = |site: &'static str| {
+        let websites = websites.clone();
+        async move { Ok::<_, anyhow::Error>(websites.get(site).await?.data["status"].clone()) }
+    };
+    for (site, path) in [
+        ("on-old", "$.status.ready"),
+        ("on-new", "$.status.initialization.provisioned"),
+    ] {
+        let status = eventually(REACT, &format!("{site} ready"), || async {
+            let s = status_of(site).await?;
+            Ok((s["ready"] == json!(true)).then_some(s))
+        })
+        .await
+        .map_err(|e| anyhow!("{e}\n{}", op.log_tail(30)))?;
+        assert_eq!(status["matched"], json!(path), "{site}: {status}");
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let note = eventually(REACT, "a ContractViolation event on on-bad", || async {
+        let list = events
+            .list(&kube::api::ListParams::default().fields("regarding.name=on-bad"))
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("ContractViolation"))
+            .and_then(|e| e.note))
+    })
+    .await?;
+    assert!(note.contains("not a boolean"), "{note}");
+    assert_eq!(
+        status_of("on-bad").await?["ready"],
+        Value::Null,
+        "missing for the plugin"
+    );
+    // Flipping readiness flips the parent, with resync at an hour.
+    put_infra("old", json!({"ready": false})).await?;
+    eventually(REACT, "on-old not ready", || async {
+        Ok((status_of("on-old").await?["ready"] == json!(false)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

@@ -75,9 +75,18 @@ pub struct Related {
     /// A field that is not present in the object is absent here and listed in `missing`.
     #[serde(default)]
     pub contract: BTreeMap<String, Value>,
-    /// Contract field names whose JSONPath matched nothing in `object`.
+    /// Contract field names whose JSONPath matched nothing in `object`, or whose value had
+    /// the wrong type (see `violations`).
     #[serde(default)]
     pub missing: Vec<String>,
+    /// For each field in `contract`: the JSONPath its value came from (with `contractFields`,
+    /// the first of its paths present in the object).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub matched: BTreeMap<String, String>,
+    /// Contract violations: a field whose value is not of the type `contractFields` asks
+    /// for (also reported as a Warning Event on the parent). The field is in `missing`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<String>,
     /// Why `object` is null, when it is (e.g. "spec.infrastructureRef is not set").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

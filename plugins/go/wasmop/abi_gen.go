@@ -77,8 +77,17 @@ type Related struct {
 	// A field that is not present in the object is absent here and listed in `missing`.
 	Contract map[string]any `json:"contract"`
 
-	// Contract field names whose JSONPath matched nothing in `object`.
+	// Contract field names whose JSONPath matched nothing in `object`, or whose value had
+	// the wrong type (see `violations`).
 	Missing []string `json:"missing"`
+
+	// For each field in `contract`: the JSONPath its value came from (with `contractFields`,
+	// the first of its paths present in the object).
+	Matched map[string]string `json:"matched,omitempty"`
+
+	// Contract violations: a field whose value is not of the type `contractFields` asks
+	// for (also reported as a Warning Event on the parent). The field is in `missing`.
+	Violations []string `json:"violations,omitempty"`
 
 	// Why `object` is null, when it is (e.g. "spec.infrastructureRef is not set").
 	Reason *string `json:"reason,omitempty"`

@@ -13,7 +13,7 @@
 //! | `echo`       | returns every current child exactly as received (a marker when there are none) |
 //! | `churn`      | a status that changes on every write (the parent's resourceVersion): a hot loop |
 //! | `many`       | `config.count` ConfigMaps `<parent>-<i>`                              |
-//! | `contract`   | status `ready` = `related.infra.contract.ready`; logs `contract of <parent>` |
+//! | `contract`   | status `ready`/`matched` = `related.infra.contract.ready`/`.matched.ready`; logs `contract of <parent>` |
 //!
 //! `finalize` (for `spec.plugin.finalize`) follows `controller.config.finalize`: `done`
 //! (default, `finalized: true`), `never` (`finalized: false`) or `fail` (an error).
@@ -87,13 +87,11 @@ pub fn reconcile(Json(req): Json<ReconcileRequest>) -> FnResult<Vec<u8>> {
         "contract" => {
             let name = req.object["metadata"]["name"].as_str().unwrap_or_default();
             extism_pdk::info!("contract of {name}");
-            let ready = req
-                .related
-                .get("infra")
-                .and_then(|r| r.contract.get("ready").cloned())
-                .unwrap_or(serde_json::Value::Null);
+            let infra = req.related.get("infra");
+            let ready = infra.and_then(|r| r.contract.get("ready").cloned());
+            let matched = infra.and_then(|r| r.matched.get("ready").cloned());
             ReconcileResponse {
-                status: Some(json!({"ready": ready})),
+                status: Some(json!({"ready": ready, "matched": matched})),
                 ..Default::default()
             }
         }
