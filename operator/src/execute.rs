@@ -340,8 +340,10 @@ async fn record(rt: &Runtime, parent: &DynamicObject, write: &Write<'_>, rv: Opt
         Write::Create { apply, .. } => ("child", *apply),
         Write::Apply { target, apply, .. } => (*target, *apply),
         Write::Prune { owned, .. } => {
-            rt.metrics.prunes.with_label_values(&[&label]).inc();
-            tracing::info!(child = %owned.target, "pruned: no longer desired");
+            if rv.is_some() {
+                rt.metrics.prunes.with_label_values(&[&label]).inc();
+                tracing::info!(child = %owned.target, "pruned: no longer desired");
+            }
             return;
         }
     };
@@ -620,7 +622,8 @@ async fn prune(
         ..DeleteParams::background()
     };
     match api.delete(&owned.target.name, &params).await {
-        Ok(_) => Ok(None),
+        // Some("") marks a deletion made; None a child that was already gone (not counted).
+        Ok(_) => Ok(Some(String::new())),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(None), // already gone
         Err(source) => Err(Error::Write {
             action: if dry_run {

@@ -52,39 +52,7 @@ static CRDS: OnceCell<()> = OnceCell::const_new();
 /// The shared control plane, with the WasmController and sample CRDs installed.
 pub async fn cluster() -> Result<&'static ControlPlane> {
     let cp = ControlPlane::shared().await?;
-    CRDS.get_or_try_init(|| async {
-        let root = root();
-        kubectl(
-            cp,
-            &[
-                "apply",
-                "--server-side",
-                "-f",
-                &root.join("crds/wasmcontroller.yaml").to_string_lossy(),
-            ],
-        )?;
-        kubectl(
-            cp,
-            &[
-                "apply",
-                "--server-side",
-                "-f",
-                &root.join("samples/website/crd.yaml").to_string_lossy(),
-            ],
-        )?;
-        kubectl(
-            cp,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/wasmcontrollers.wasmop.dev",
-                "crd/websites.example.com",
-            ],
-        )?;
-        Ok::<_, anyhow::Error>(())
-    })
-    .await?;
+    CRDS.get_or_try_init(|| async { install_crds(cp) }).await?;
     Ok(cp)
 }
 
@@ -394,7 +362,8 @@ pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        + 0.0 // an empty sum is -0.0
 }
 
 /// How [`RestartableOperator::stop`] ends the process.
@@ -457,6 +426,12 @@ impl RestartableOperator {
             eprintln!("wasmop-e2e: keeping {}", dir.display());
         }
         let supervisor = Supervisor::start((!keep).then_some(dir.as_path()))?;
+        // Every start runs this copy: the same build, even when target/debug/wasmop is
+        // rebuilt (or half-written) meanwhile.
+        let copy = dir.join("wasmop");
+        std::fs::copy(&bin, &copy)
+            .with_context(|| format!("copying {} to {}", bin.display(), copy.display()))?;
+        let bin = copy;
         let args: Vec<String> = vec![
             "run".into(),
             "--metrics-addr".into(),
