@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs the end-to-end test binaries (tests/tests/*.rs) in parallel: each starts its own local
 # control plane and wasmop, so they are independent. E2E_JOBS (default 4) bounds how many run
-# at once; extra arguments go to every test binary (e.g. a test name filter).
+# at once; E2E_ALONE (default "recovery": outages, restarts and a fault soak, whose recovery
+# times should not depend on what else the two cores are doing) run afterwards, one at a
+# time. Extra arguments go to every test binary (e.g. a test name filter).
 # Prints each binary's output as it finishes, then one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${E2E_JOBS:-4}
+alone=" ${E2E_ALONE-recovery} "
 logs=$(mktemp -d "${TMPDIR:-/tmp}/wasmop-e2e-logs.XXXXXX")
 trap 'rm -rf "$logs"' EXIT
 
@@ -36,7 +39,12 @@ run_one() {  # name executable [args...]
 export -f run_one
 export logs
 start=$SECONDS
-xargs -P "$jobs" -L 1 bash -c 'run_one "$@" '"$(printf '%q ' "$@")" _ <"$logs/bins"
+while read -r name exe; do
+  if [[ $alone == *" $name "* ]]; then echo "$name $exe" >>"$logs/alone"; else echo "$name $exe" >>"$logs/parallel"; fi
+done <"$logs/bins"
+touch "$logs/parallel" "$logs/alone"
+xargs -r -P "$jobs" -L 1 bash -c 'run_one "$@" '"$(printf '%q ' "$@")" _ <"$logs/parallel"
+xargs -r -P 1 -L 1 bash -c 'run_one "$@" '"$(printf '%q ' "$@")" _ <"$logs/alone"
 
 passed=0 failed=0 bad=()
 while read -r name _; do
