@@ -100,3 +100,78 @@ async fn an_oversized_response_writes_nothing_and_names_the_limit() -> Result<()
     assert!(written.items.is_empty(), "nothing written");
     Ok(())
 }
+
+/// One controller's plugin loops into its timeout while another controller runs the same
+/// plugin bytes with the same limits (so an engine shared by digest and limits would be
+/// shared here) making long, healthy calls: the healthy calls never time out (a timeout
+/// interrupts its own call only), over at least 30 calls overlapping the timeouts.
+#[tokio::test]
+async fn a_looping_plugin_never_times_out_another_controllers_calls() -> Result<()> {
+    let (cp, op) = operator().await?;
+    let client = cp.client().await?;
+    let ns = team_namespace(cp, &client, "neighbours").await?;
+    put_plugin(&client, &ns, "misbehave", plugin("misbehave")).await?;
+    let spec = |config: serde_json::Value| {
+        json!({"plugin": {"source": {"configMap": {"name": "misbehave", "key": "plugin.wasm"}},
+                          "config": config, "limits": {"timeoutMs": 500, "memoryMiB": 32}},
+               "maxConcurrentReconciles": 4})
+    };
+    let looping = spec(json!({"mode": "loop"}));
+    apply_controller(&client, &ns, "looping", "misbehave", json!({}), looping).await?;
+    // About 20-100 ms a call: long enough to be in flight when a loop's timeout fires.
+    let healthy = spec(json!({"mode": "slow", "spins": 60_000_000u64}));
+    apply_controller(&client, &ns, "healthy", "misbehave", json!({}), healthy).await?;
+    wait_ready(&client, &ns, "looping", op).await?;
+    wait_ready(&client, &ns, "healthy", op).await?;
+    // Both controllers reconcile every Website of the namespace: each parent costs loops into
+    // the timeout (retried with backoff) and slow healthy calls, interleaved over seconds.
+    for i in 0..30 {
+        create_website(&client, &ns, &format!("site-{i}"), json!({})).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let (looping_label, healthy_label) = (format!("{ns}/looping"), format!("{ns}/healthy"));
+    let timeouts = async || {
+        op.metric(
+            "wasmop_plugin_failures_total",
+            &[("controller", &looping_label), ("kind", "timeout")],
+        )
+        .await
+    };
+    eventually(
+        WAIT,
+        "30 markers and 10 timeouts of the looping controller",
+        || async {
+            let made = configmaps
+                .list(&ListParams::default().labels("wasmop.dev/controller=healthy"))
+                .await?
+                .items
+                .len();
+            Ok((made >= 30 && timeouts().await? >= 10.0).then_some(()))
+        },
+    )
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(20)))?;
+    let healthy_failures = op
+        .metric(
+            "wasmop_plugin_failures_total",
+            &[("controller", &healthy_label)],
+        )
+        .await?;
+    let healthy_calls = op
+        .metric(
+            "wasmop_reconciles_total",
+            &[("controller", &healthy_label), ("result", "success")],
+        )
+        .await?;
+    eprintln!(
+        "{} timeouts of the looping controller; {healthy_calls} successful reconciles and {healthy_failures} plugin failures of the healthy one",
+        timeouts().await?
+    );
+    assert!(healthy_calls >= 30.0);
+    assert_eq!(
+        healthy_failures, 0.0,
+        "no call of the healthy controller was interrupted"
+    );
+    Ok(())
+}

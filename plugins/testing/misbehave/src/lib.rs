@@ -11,6 +11,7 @@
 //! | `panic`      | panics (a trap)                                                      |
 //! | `config`     | returns `config.children` (`{parent}` in any string becomes the parent's name) and `config.status` |
 //! | `echo`       | returns every current child exactly as received (a marker when there are none) |
+//! | `slow`       | `marker`, after spinning `config.spins` iterations (a long, healthy call) |
 //! | `churn`      | a status that changes on every write (the parent's resourceVersion): a hot loop |
 //! | `many`       | `config.count` ConfigMaps `<parent>-<i>`                              |
 //! | `contract`   | status `ready`/`matched` = `related.infra.contract.ready`/`.matched.ready`; logs `contract of <parent>` |
@@ -92,6 +93,19 @@ pub fn reconcile(Json(req): Json<ReconcileRequest>) -> FnResult<Vec<u8>> {
             let matched = infra.and_then(|r| r.matched.get("ready").cloned());
             ReconcileResponse {
                 status: Some(json!({"ready": ready, "matched": matched})),
+                ..Default::default()
+            }
+        }
+        "slow" => {
+            let spins = req.controller.config["spins"].as_u64().unwrap_or(0);
+            let mut x: u64 = 0;
+            for i in 0..spins {
+                x = std::hint::black_box(x.wrapping_add(i));
+            }
+            std::hint::black_box(x);
+            ReconcileResponse {
+                children: vec![marker(&req)],
+                status: Some(json!({"phase": "Marked"})),
                 ..Default::default()
             }
         }
