@@ -34,7 +34,7 @@ use wasmop_abi::EventType;
 
 use crate::controller::{Error, Result, Runtime};
 use crate::kinds;
-use crate::plan::{self, Apply, ObjRef, Owned, Plan};
+use crate::plan::{self, Apply, Identity, ObjRef, Owned, Plan};
 
 /// The annotation by which whoever may write an existing object hands it to a controller:
 /// `wasmop.dev/adopt: <WasmController name>`.
@@ -68,16 +68,23 @@ impl std::fmt::Display for Conflict {
 }
 
 /// Whose a live object of a desired child's name is.
-enum Ownership {
+pub(crate) enum Ownership {
     Ours,
     /// Not controlled by anything, and annotated to be adopted by this controller.
     Adoptable,
     Foreign(Conflict),
 }
 
-fn ownership(rt: &Runtime, parent_uid: &str, target: &ObjRef, live: &DynamicObject) -> Ownership {
+/// Whose `live`, an existing object named like a desired child `target`, is, for the
+/// controller of `identity` and the parent of `parent_uid` (also what `wasmop explain` shows).
+pub(crate) fn ownership(
+    identity: &Identity,
+    parent_uid: &str,
+    target: &ObjRef,
+    live: &DynamicObject,
+) -> Ownership {
     let label = live.labels().get(plan::CONTROLLER_LABEL);
-    let ours_label = rt.identity.label_value();
+    let ours_label = identity.label_value();
     let controller = live
         .owner_references()
         .iter()
@@ -105,7 +112,9 @@ fn ownership(rt: &Runtime, parent_uid: &str, target: &ObjRef, live: &DynamicObje
                 false,
             )
         }
-        None if live.annotations().get(ADOPT_ANNOTATION) == Some(&rt.name) => Ownership::Adoptable,
+        None if live.annotations().get(ADOPT_ANNOTATION) == Some(&identity.controller) => {
+            Ownership::Adoptable
+        }
         None => {
             let mut managers: Vec<&str> = live
                 .metadata
@@ -142,6 +151,9 @@ pub(crate) enum Write<'a> {
         resource: ApiResource,
         subresource_status: bool,
         uid: Option<String>,
+        /// The target's resourceVersion as last seen (from the caches); None when unknown
+        /// (a related object), which never counts as unchanged.
+        live_rv: Option<String>,
         adopt: bool,
     },
     Prune {
@@ -160,12 +172,16 @@ pub(crate) async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &Plan) -
         });
     }
     for apply in &plan.patches {
+        let to_parent = apply.target.kind == rt.parent.resource.kind
+            && apply.target.api_version == rt.parent.resource.api_version
+            && apply.target.name == parent.name_any();
         writes.push(Write::Apply {
             target: "patch",
             apply,
             resource: patch_resource(rt, apply).await?,
             subresource_status: false,
             uid: None,
+            live_rv: to_parent.then(|| parent.resource_version()).flatten(),
             adopt: false,
         });
     }
@@ -176,6 +192,7 @@ pub(crate) async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &Plan) -
             resource: rt.parent.resource.clone(),
             subresource_status: true,
             uid: parent.uid(),
+            live_rv: parent.resource_version(),
             adopt: false,
         });
     }
@@ -247,7 +264,7 @@ fn child_writes<'a>(
             writes.push(Write::Create { apply, resource });
             continue;
         };
-        let adopt = match ownership(rt, &parent_uid, &apply.target, &live) {
+        let adopt = match ownership(&rt.identity, &parent_uid, &apply.target, &live) {
             Ownership::Ours => false,
             Ownership::Adoptable => true,
             Ownership::Foreign(conflict) => {
@@ -261,6 +278,7 @@ fn child_writes<'a>(
             resource,
             subresource_status: false,
             uid: live.uid(),
+            live_rv: live.resource_version(),
             adopt,
         });
     }
@@ -299,24 +317,13 @@ fn unchanged(rt: &Runtime, parent: &DynamicObject, write: &Write<'_>) -> bool {
     let Write::Apply {
         target,
         apply,
-        resource,
-        subresource_status,
+        live_rv,
         ..
     } = write
     else {
         return false;
     };
-    let live_rv = if *subresource_status
-        || apply.target.kind == rt.parent.resource.kind
-            && apply.target.name == parent.name_any()
-            && *target == "patch"
-    {
-        parent.resource_version()
-    } else {
-        rt.live_child(resource, &apply.target)
-            .and_then(|o| o.resource_version())
-    };
-    let unchanged = live_rv.is_some_and(|rv| {
+    let unchanged = live_rv.clone().is_some_and(|rv| {
         rt.applied
             .lock()
             .unwrap()
@@ -540,7 +547,12 @@ async fn create(
             let Some(live) = live else {
                 return Err(write_error(action, kube::Error::Api(e))); // gone again: retry
             };
-            let owner = ownership(rt, &parent.uid().unwrap_or_default(), &apply.target, &live);
+            let owner = ownership(
+                &rt.identity,
+                &parent.uid().unwrap_or_default(),
+                &apply.target,
+                &live,
+            );
             let adopt = match owner {
                 Ownership::Ours => false,
                 Ownership::Adoptable => true,

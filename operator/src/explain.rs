@@ -34,7 +34,7 @@ use crate::eval::logs::PluginLogs;
 use crate::eval::{self, Inputs};
 use crate::plan::{self, Identity, ObjRef};
 use crate::plugin::LoadedPlugin;
-use crate::{related, source};
+use crate::{execute, related, source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -796,7 +796,7 @@ async fn compare(
             report.line(format!("{shown}: missing, will be created"));
             continue;
         };
-        if !ours_or_adoptable(&shown, &live, &gathered.parent_uid, identity, report) {
+        if !ours_or_adoptable(&apply.target, &live, &gathered.parent_uid, identity, report) {
             continue;
         }
         changes += report_differences(&shown, &apply.body, &live, report);
@@ -859,54 +859,41 @@ async fn live_child(
 }
 
 /// Whether the plan may apply to `live`, an existing object it targets: true when it is this
-/// controller's child or annotated to be adopted by it; otherwise reports who holds it and
-/// blocks (the apply would be refused).
+/// controller's child or annotated to be adopted by it (the operator's own ownership rule,
+/// [`execute::ownership`]); otherwise reports who holds it and blocks (the reconcile fails
+/// with `ChildConflict`).
 fn ours_or_adoptable(
-    shown: &str,
+    target: &ObjRef,
     live: &Value,
     parent_uid: &str,
     identity: &Identity,
     report: &mut Report,
 ) -> bool {
+    let shown = format!("{}/{}", target.kind, target.name);
+    let Ok(obj) = serde_json::from_value::<DynamicObject>(live.clone()) else {
+        return true; // an object as the API server returned it always reads back
+    };
     let wc_name = identity.controller.as_str();
-    // Not among the children listed a moment ago: someone else's, or just created by us.
-    let ours = live["metadata"]["labels"][plan::CONTROLLER_LABEL] == identity.label_value()
-        && live["metadata"]["ownerReferences"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|o| o["uid"] == parent_uid && o["controller"] == true);
-    if ours {
-        return true;
-    }
-    let controller = live["metadata"]["ownerReferences"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|o| o["controller"] == true && o["uid"] != parent_uid);
-    match controller {
-        Some(o) => {
-            let by = format!(
-                "{}/{}",
-                o["kind"].as_str().unwrap_or_default(),
-                o["name"].as_str().unwrap_or_default()
-            );
-            report.line(format!("{shown}: exists and is controlled by {by}"));
-            report.block(format!("{shown} exists and is controlled by {by}: the API server refuses a second controller ownerReference; rename the child or delete the existing object"));
-            false
-        }
-        None if live["metadata"]["annotations"][crate::execute::ADOPT_ANNOTATION] == wc_name => {
+    match execute::ownership(identity, parent_uid, target, &obj) {
+        execute::Ownership::Ours => true,
+        execute::Ownership::Adoptable => {
             report.line(format!(
                 "{shown}: exists, annotated {}={wc_name}: the next reconcile adopts it",
-                crate::execute::ADOPT_ANNOTATION
+                execute::ADOPT_ANNOTATION
             ));
             true
         }
-        None => {
-            report.line(format!(
-                "{shown}: exists and is not this controller's (no controller ownerReference)"
-            ));
-            report.block(format!("{shown} exists and is not this controller's: wasmop never takes over an object it did not create (ChildConflict); rename the child, delete the object, or annotate it {}={wc_name} to hand it over", crate::execute::ADOPT_ANNOTATION));
+        execute::Ownership::Foreign(conflict) => {
+            report.line(format!("{shown}: exists and {}", conflict.holder));
+            let hand_over = if conflict.adoptable {
+                format!(
+                    ", or annotate it {}={wc_name} to hand it over",
+                    execute::ADOPT_ANNOTATION
+                )
+            } else {
+                String::new()
+            };
+            report.block(format!("{conflict}: wasmop never takes over an object it did not create (ChildConflict); rename the child or delete the object{hand_over}"));
             false
         }
     }
