@@ -67,12 +67,22 @@ pub struct Finalizers {
 
 impl Finalizers {
     fn target(&self, parent: &DynamicObject) -> ObjRef {
+        self.named(&parent.name_any())
+    }
+
+    /// A parent by name (`*`: all of them).
+    fn named(&self, name: &str) -> ObjRef {
         ObjRef {
             api_version: self.resource.api_version.clone(),
             kind: self.resource.kind.clone(),
             namespace: self.namespace.clone(),
-            name: parent.name_any(),
+            name: name.into(),
         }
+    }
+
+    /// The parent kind as RBAC names it, `<plural>.<group>`.
+    fn rbac_resource(&self) -> String {
+        format!("{}.{}", self.resource.plural, self.resource.group)
     }
 
     /// Whether `parent` carries this controller's finalizer.
@@ -118,7 +128,7 @@ impl Finalizers {
             Err(kube::Error::Api(e)) if e.code == 403 => Err(Error::NoOneMayRelease {
                 finalizer: self.identity.finalizer(),
                 target: self.target(parent),
-                resource: format!("{}.{}", self.resource.plural, self.resource.group),
+                resource: self.rbac_resource(),
                 team,
                 operator: e.message,
             }),
@@ -204,13 +214,8 @@ impl<'a> Release<'a> {
                     .await
                     .map_err(|source| Error::NoOneMayRelease {
                         finalizer: f.identity.finalizer(),
-                        target: ObjRef {
-                            api_version: f.resource.api_version.clone(),
-                            kind: f.resource.kind.clone(),
-                            namespace: f.namespace.clone(),
-                            name: "*".into(),
-                        },
-                        resource: format!("{}.{}", f.resource.plural, f.resource.group),
+                        target: f.named("*"),
+                        resource: f.rbac_resource(),
                         team: e.message,
                         operator: source.to_string(),
                     })?
@@ -218,12 +223,7 @@ impl<'a> Release<'a> {
             Err(source) => {
                 return Err(Error::Write {
                     action: "listing the parents",
-                    target: ObjRef {
-                        api_version: f.resource.api_version.clone(),
-                        kind: f.resource.kind.clone(),
-                        namespace: f.namespace.clone(),
-                        name: "*".into(),
-                    },
+                    target: f.named("*"),
                     source,
                 });
             }

@@ -164,7 +164,7 @@ impl Reads<'_> {
                     .map_err(read)
             }
             Reads::Tracked { tracker, parent } => tracker
-                .get(spec, parent, resource, name)
+                .get(parent, resource, name)
                 .await
                 .map_err(|e| e.into_related(spec, resource)),
         }

@@ -138,7 +138,6 @@ impl Tracker {
     /// whether or not it exists.
     pub(crate) async fn get(
         &self,
-        _spec: &RelatedSpec,
         parent: &str,
         resource: &ApiResource,
         name: &str,
