@@ -145,6 +145,23 @@ pub async fn wait_aggregated(client: &kube::Client, name: &str) -> Result<()> {
     .await
 }
 
+/// The arguments of `wasmop run` in a test: metrics on `port`, the plugin cache in `dir`.
+fn run_args(port: u16, dir: &Path, kubeconfig: &Path) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--cache-dir".into(),
+        dir.join("cache").to_string_lossy().into(),
+        "--kubeconfig".into(),
+        kubeconfig.to_string_lossy().into(),
+        // Test namespaces are not deleted, so a binary's controllers add up over its tests:
+        // a budget that never bites here (the budget itself is tested in plugin_host.rs).
+        "--plugin-memory-budget-mib".into(),
+        "65536".into(),
+    ]
+}
+
 /// Starts another `wasmop run` with the credentials of `kubeconfig` (e.g. a ServiceAccount
 /// token with only the operator's documented rights); stopped when the returned value drops.
 ///
@@ -163,19 +180,7 @@ pub async fn start_operator(kubeconfig: &Path) -> Result<Operator> {
     }
     let supervisor = Supervisor::start((!keep).then_some(dir.as_path()))?;
     let log = dir.join("wasmop.log");
-    let args: Vec<String> = vec![
-        "run".into(),
-        "--metrics-addr".into(),
-        format!("127.0.0.1:{port}"),
-        "--cache-dir".into(),
-        dir.join("cache").to_string_lossy().into(),
-        "--kubeconfig".into(),
-        kubeconfig.to_string_lossy().into(),
-        // Test namespaces are not deleted, so a binary's controllers add up over its tests:
-        // a budget that never bites here (the budget itself is tested in plugin_host.rs).
-        "--plugin-memory-budget-mib".into(),
-        "65536".into(),
-    ];
+    let args = run_args(port, &dir, kubeconfig);
     let proc = supervisor.spawn("wasmop", &bin, &args, &log)?;
     let metrics_url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -210,17 +215,7 @@ impl Operator {
 
     /// Sum of a metric's samples whose label set contains every `labels` pair.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
-        let text = self.metrics().await?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        Ok(metric_in(&self.metrics().await?, name, labels))
     }
 
     /// The last lines of the operator's log (for failure messages).
@@ -432,15 +427,7 @@ impl RestartableOperator {
         std::fs::copy(&bin, &copy)
             .with_context(|| format!("copying {} to {}", bin.display(), copy.display()))?;
         let bin = copy;
-        let args: Vec<String> = vec![
-            "run".into(),
-            "--metrics-addr".into(),
-            format!("127.0.0.1:{port}"),
-            "--cache-dir".into(),
-            dir.join("cache").to_string_lossy().into(),
-            "--kubeconfig".into(),
-            kubeconfig.to_string_lossy().into(),
-        ];
+        let args = run_args(port, &dir, kubeconfig);
         let op = Self {
             metrics_url: format!("http://127.0.0.1:{port}"),
             log: dir.join("wasmop.log"),

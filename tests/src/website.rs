@@ -188,3 +188,31 @@ pub fn allow_infra_ref(cp: &localcp::ControlPlane) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// Points Website `parent`'s `spec.infraRef` at `reference`, retrying for up to `timeout`
+/// until the API server keeps the field (it serves the schema [`allow_infra_ref`] widened
+/// only after a moment).
+pub async fn set_infra_ref(
+    client: &Client,
+    ns: &str,
+    parent: &str,
+    reference: &Value,
+    timeout: Duration,
+) -> Result<()> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &website_resource());
+    eventually(
+        timeout,
+        &format!("Website {parent} keeping spec.infraRef"),
+        || async {
+            let patched = api
+                .patch(
+                    parent,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"infraRef": reference}})),
+                )
+                .await?;
+            Ok((patched.data["spec"]["infraRef"] == *reference).then_some(()))
+        },
+    )
+    .await
+}

@@ -32,23 +32,8 @@ async fn infra(client: &Client, ns: &str, name: &str, ready: &str) -> Result<()>
 }
 
 async fn refer(client: &Client, ns: &str, parent: &str, infra: &str) -> Result<()> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &website_resource());
     let reference = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": infra});
-    eventually(
-        REACT,
-        &format!("{parent} keeping spec.infraRef"),
-        || async {
-            let patched = api
-                .patch(
-                    parent,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"infraRef": reference}})),
-                )
-                .await?;
-            Ok((patched.data["spec"]["infraRef"] == reference).then_some(()))
-        },
-    )
-    .await
+    wasmop_e2e::website::set_infra_ref(client, ns, parent, &reference, REACT).await
 }
 
 async fn ready_of(client: &Client, ns: &str, parent: &str) -> Result<Value> {
@@ -72,6 +57,21 @@ async fn wait_ready_value(
     .map_err(|e| anyhow!("{e}\n{}", op.log_tail(30)))
 }
 
+/// Controller `ctl` in the misbehave plugin's `contract` mode with `spec` (its `related`
+/// entries), once it is Ready.
+async fn contract_controller(client: &Client, ns: &str, op: &Operator, spec: Value) -> Result<()> {
+    apply_controller(
+        client,
+        ns,
+        "ctl",
+        "misbehave",
+        json!({"mode": "contract"}),
+        spec,
+    )
+    .await?;
+    wait_ready(client, ns, "ctl", op).await
+}
+
 fn calls_for(op: &Operator, parent: &str) -> usize {
     std::fs::read_to_string(&op.log)
         .unwrap_or_default()
@@ -88,16 +88,7 @@ async fn a_related_objects_change_reconciles_exactly_the_parents_that_refer_to_i
     put_plugin(&client, &ns, "misbehave", plugin("misbehave")).await?;
     let related = json!({"resyncPeriod": "1h", "related": [{"name": "infra", "ref": "$.spec.infraRef",
         "allowedKinds": [{"group": "", "kind": "ConfigMap"}], "contract": {"ready": "$.data.ready"}}]});
-    apply_controller(
-        &client,
-        &ns,
-        "ctl",
-        "misbehave",
-        json!({"mode": "contract"}),
-        related,
-    )
-    .await?;
-    wait_ready(&client, &ns, "ctl", op).await?;
+    contract_controller(&client, &ns, op, related).await?;
 
     // A reference to an existing object: its change alone reaches the parent.
     infra(&client, &ns, "infra-a", "no").await?;
@@ -243,16 +234,7 @@ spec:
         "allowedKinds": [{"group": "example.com", "kind": "Infra"}],
         "contractFields": {"ready": {"paths": ["$.status.initialization.provisioned", "$.status.ready"],
                                       "type": "boolean"}}}]});
-    apply_controller(
-        &client,
-        &ns,
-        "ctl",
-        "misbehave",
-        json!({"mode": "contract"}),
-        related,
-    )
-    .await?;
-    wait_ready(&client, &ns, "ctl", op).await?;
+    contract_controller(&client, &ns, op, related).await?;
 
     let infras = kube::api::ApiResource {
         group: "example.com".into(),
@@ -284,17 +266,7 @@ spec:
     for (site, infra) in [("on-old", "old"), ("on-new", "new"), ("on-bad", "bad")] {
         create_website(&client, &ns, site, json!({})).await?;
         let reference = json!({"apiVersion": "example.com/v1", "kind": "Infra", "name": infra});
-        eventually(REACT, "spec.infraRef kept", || async {
-            let patched = websites
-                .patch(
-                    site,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"infraRef": reference}})),
-                )
-                .await?;
-            Ok((patched.data["spec"]["infraRef"] == reference).then_some(()))
-        })
-        .await?;
+        wasmop_e2e::website::set_infra_ref(&client, &ns, site, &reference, REACT).await?;
     }
     let status_of = |site: &'static str| {
         let websites = websites.clone();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 use wasmop_e2e::website::*;
 use wasmop_e2e::{eventually, operator, plugin};
@@ -70,23 +70,8 @@ async fn explain_as(kubeconfig: &std::path::Path, target: &str, ns: &str) -> Res
 /// server serves the widened schema (it keeps the field).
 async fn website_referring_to(client: &Client, ns: &str, name: &str, infra: &str) -> Result<()> {
     create_website(client, ns, name, json!({})).await?;
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &website_resource());
     let reference = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": infra});
-    eventually(
-        WAIT,
-        &format!("Website {name} keeping spec.infraRef"),
-        || async {
-            let patched = api
-                .patch(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"infraRef": reference}})),
-                )
-                .await?;
-            Ok((patched.data["spec"]["infraRef"] == reference).then_some(()))
-        },
-    )
-    .await
+    wasmop_e2e::website::set_infra_ref(client, ns, name, &reference, WAIT).await
 }
 
 #[tokio::test]

@@ -33,6 +33,24 @@ async fn misbehave_controller(
     apply_controller(client, ns, name, "misbehave", config, extra).await
 }
 
+/// Controller `ctl` in `mode: config` returning `children`, once it is Ready.
+async fn configured_controller(
+    client: &Client,
+    ns: &str,
+    op: &Operator,
+    children: Value,
+) -> Result<()> {
+    misbehave_controller(
+        client,
+        ns,
+        "ctl",
+        json!({"mode": "config", "children": children}),
+        json!({}),
+    )
+    .await?;
+    wait_ready(client, ns, "ctl", op).await
+}
+
 async fn team(
     prefix: &str,
 ) -> Result<(
@@ -116,15 +134,7 @@ async fn an_object_the_controller_did_not_create_is_never_written_reported_and_n
         cm_child("{parent}-own", "plugin"),
         cm_child("{parent}-settings", "plugin")
     ]);
-    misbehave_controller(
-        &client,
-        &ns,
-        "ctl",
-        json!({"mode": "config", "children": children}),
-        json!({}),
-    )
-    .await?;
-    wait_ready(&client, &ns, "ctl", op).await?;
+    configured_controller(&client, &ns, op, children).await?;
     create_website(&client, &ns, "site", json!({})).await?;
 
     let (reason, message) = eventually(WAIT, "Degraded=True", || degraded(&client, &ns, "ctl"))
@@ -200,15 +210,7 @@ async fn adoption_needs_the_annotation_and_then_the_object_is_a_normal_child() -
     )
     .await?;
     let children = json!([cm_child("{parent}-legacy", "plugin")]);
-    misbehave_controller(
-        &client,
-        &ns,
-        "ctl",
-        json!({"mode": "config", "children": children}),
-        json!({}),
-    )
-    .await?;
-    wait_ready(&client, &ns, "ctl", op).await?;
+    configured_controller(&client, &ns, op, children).await?;
     create_website(&client, &ns, "site", json!({})).await?;
     eventually(WAIT, "ChildConflict", || async {
         Ok(degraded(&client, &ns, "ctl")
@@ -267,15 +269,7 @@ async fn two_parents_asking_for_one_child_name_the_first_keeps_it_and_nothing_fl
 {
     let (_, op, client, ns) = team("shared-name").await?;
     let children = json!([cm_child("shared", "{parent}")]);
-    misbehave_controller(
-        &client,
-        &ns,
-        "ctl",
-        json!({"mode": "config", "children": children}),
-        json!({}),
-    )
-    .await?;
-    wait_ready(&client, &ns, "ctl", op).await?;
+    configured_controller(&client, &ns, op, children).await?;
     create_website(&client, &ns, "first", json!({})).await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let first = get_website(&client, &ns, "first").await?;
@@ -452,15 +446,7 @@ async fn degraded_forgets_a_failing_parent_once_it_is_deleted() -> Result<()> {
     let (_, op, client, ns) = team("forget").await?;
     admin_configmap(&client, &ns, "bad-x", json!({})).await?;
     let children = json!([cm_child("{parent}-x", "plugin")]);
-    misbehave_controller(
-        &client,
-        &ns,
-        "ctl",
-        json!({"mode": "config", "children": children}),
-        json!({}),
-    )
-    .await?;
-    wait_ready(&client, &ns, "ctl", op).await?;
+    configured_controller(&client, &ns, op, children).await?;
     create_website(&client, &ns, "good", json!({})).await?;
     create_website(&client, &ns, "bad", json!({})).await?;
     let (_, message) =
