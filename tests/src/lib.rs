@@ -84,11 +84,27 @@ pub async fn operator() -> Result<(&'static ControlPlane, &'static Operator)> {
             if std::env::var_os("WASMOP_E2E_ADMIN").is_some() {
                 return start_operator(cp.kubeconfig()).await;
             }
-            let kubeconfig = operator_account(cp, true).await?;
-            start_operator(&kubeconfig).await
+            start_operator_as_account(cp, true).await
         })
         .await?;
     Ok((cp, op))
+}
+
+/// Starts `wasmop run` as its documented account ([`operator_account`]); the kubeconfig
+/// with the account's token is deleted once wasmop has read it.
+///
+/// # Errors
+/// As [`operator_account`] and [`start_operator`].
+pub async fn start_operator_as_account(
+    cp: &'static ControlPlane,
+    release_websites: bool,
+) -> Result<Operator> {
+    let kubeconfig = operator_account(cp, release_websites).await?;
+    let started = start_operator(&kubeconfig).await;
+    if let Some(dir) = kubeconfig.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    started
 }
 
 /// The operator's account as documented: a namespace of its own with `samples/operator/rbac.yaml`

@@ -18,15 +18,6 @@ use wasmop_e2e::website::{
 };
 use wasmop_e2e::{Operator, cluster, eventually, kubectl, kubectl_stdin, plugin, root};
 
-/// The operator running as its documented account (with or without the Website release role).
-async fn least_privileged_operator(
-    cp: &'static localcp::ControlPlane,
-    with_release_role: bool,
-) -> Result<Operator> {
-    let kubeconfig = wasmop_e2e::operator_account(cp, with_release_role).await?;
-    wasmop_e2e::start_operator(&kubeconfig).await
-}
-
 async fn finalizing_team(
     cp: &'static localcp::ControlPlane,
     client: &Client,
@@ -84,7 +75,7 @@ async fn gone(
 async fn namespaces_with_finalizing_parents_go_with_only_the_documented_rights() -> Result<()> {
     let cp = cluster().await?;
     let client = cp.client().await?;
-    let op = least_privileged_operator(cp, false).await?;
+    let op = wasmop_e2e::start_operator_as_account(cp, false).await?;
     let nss: Api<Namespace> = Api::all(client.clone());
 
     // 0. A team naming Secret as a child kind: the operator (which may read no Secret at all)
