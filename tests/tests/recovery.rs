@@ -1380,6 +1380,30 @@ async fn soak(cp: &ControlPlane) -> Result<()> {
         "parents per controller {parents:?}"
     );
 
+    // Converged also means the operator knows it: no parent is left with a failed reconcile
+    // waiting out its backoff (whose retry would send applies, unchanged but requests).
+    let settled = Instant::now();
+    for d in &desired {
+        loop {
+            let degraded = condition(&client, &d.ns, &d.controller, "Degraded").await?;
+            if degraded.as_ref().is_some_and(|(s, _, _)| s == "False") {
+                break;
+            }
+            ensure!(
+                settled.elapsed() < Duration::from_secs(120),
+                "{}/{} still Degraded 120 s after converging: {degraded:?}\n{}",
+                d.ns,
+                d.controller,
+                op.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tl.record(format!(
+        "every controller Degraded=False {} later",
+        secs(settled.elapsed())
+    ));
+
     // And then nothing more is written.
     let before = writes(&op).await?;
     let versions_before: Vec<BTreeMap<String, String>> =
