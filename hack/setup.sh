@@ -19,7 +19,7 @@ if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1 \
     --target wasm32-unknown-unknown,wasm32-wasip1
 fi
 
-APT_PACKAGES=(clang-16 lld-16 llvm-16 wasi-libc libclang-rt-16-dev-wasm32 binaryen)
+APT_PACKAGES=(clang-16 lld-16 llvm-16 wasi-libc libclang-rt-16-dev-wasm32 binaryen graphviz)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,7 +16,7 @@
 //! - Failures requeue the parent with exponential backoff and are reported on the
 //!   WasmController's `Degraded` condition and as a Warning event on the parent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,7 @@ use wasmop_abi::{
 };
 
 use crate::access::{self, Access};
+use crate::conflicts::{self, Board};
 use crate::crd::{KindRef, WasmControllerSpec};
 use crate::execute::{self, ADOPT_ANNOTATION, AppliedByTarget, Conflict, DEPENDENCY_RETRY};
 use crate::finalizers::{self, Finalizers, SKIP_ANNOTATION};
@@ -187,6 +188,8 @@ pub struct Failure {
 
 /// Reconciles a parent may have in a burst.
 pub const RATE_BURST: f64 = 10.0;
+/// At most this many fields per kind are listed in a controller's `patches` dependencies.
+pub const MAX_WRITTEN_FIELDS: usize = 64;
 /// Reconciles per second a parent is held to once its burst is spent.
 pub const RATE_PER_SECOND: f64 = 1.0;
 
@@ -254,6 +257,12 @@ pub struct Runtime {
     /// Current failures by parent name; the manager reports them on the WasmController.
     pub failures: Mutex<BTreeMap<String, Failure>>,
     health: mpsc::UnboundedSender<()>,
+    /// Fields written to objects this controller does not own (status, `apply` patches), by
+    /// kind name: its `patches` dependencies, reported on the WasmController.
+    pub written: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// Field conflicts with other controllers, reported on both sides.
+    pub board: Arc<Board>,
+    pub board_token: conflicts::Token,
 }
 
 impl Runtime {
@@ -273,6 +282,7 @@ impl Runtime {
         limits: plan::ResponseLimits,
         watches: Arc<Watches>,
         health: mpsc::UnboundedSender<()>,
+        board: Arc<Board>,
     ) -> Self {
         let identity = Identity::new(&namespace, &name);
         let reporter = Reporter {
@@ -280,6 +290,7 @@ impl Runtime {
             instance: std::env::var("POD_NAME").ok(),
         };
         let recorder = Recorder::new(client.clone(), reporter);
+        let board_token = board.register(&identity, health.clone(), recorder.clone());
         let (triggers_tx, triggers) = mpsc::unbounded_channel();
         let tracker = Tracker::new(
             client.clone(),
@@ -320,6 +331,9 @@ impl Runtime {
             triggers: Mutex::new(Some(triggers)),
             failures: Mutex::new(BTreeMap::new()),
             health,
+            written: Mutex::new(BTreeMap::new()),
+            board,
+            board_token,
         }
     }
 
@@ -351,12 +365,31 @@ impl Runtime {
         }
     }
 
+    /// Notes the fields an apply to an object this controller does not own sets (at most
+    /// [`MAX_WRITTEN_FIELDS`] per kind); a new one refreshes the WasmController's status.
+    pub(crate) fn note_written(&self, target: &ObjRef, body: &Value) {
+        let group = target.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let kind = crate::crd::kind_name(group, Some(&target.kind));
+        let mut written = self.written.lock().unwrap();
+        let fields = written.entry(kind).or_default();
+        let before = fields.len();
+        for field in plan::written_fields(body) {
+            if fields.len() < MAX_WRITTEN_FIELDS {
+                fields.insert(field);
+            }
+        }
+        if fields.len() != before {
+            let _ = self.health.send(());
+        }
+    }
+
     /// Forgets a parent that is gone: its failure, backoff and applied-skip entries.
     fn forget(&self, parent: &str) {
         self.backoff.lock().unwrap().remove(parent);
         self.applied.lock().unwrap().remove(parent);
         self.buckets.lock().unwrap().remove(parent);
         self.tracker.forget(parent);
+        self.board.withdraw(&self.label(), Some(parent));
         let throttled = self.throttled.lock().unwrap().remove(parent).is_some();
         if self.failures.lock().unwrap().remove(parent).is_some() || throttled {
             let _ = self.health.send(());
@@ -485,6 +518,7 @@ async fn reconcile(parent: Arc<DynamicObject>, rt: Arc<Runtime>) -> Result<Actio
                 .with_label_values(&[&label, "success"])
                 .inc();
             rt.backoff.lock().unwrap().remove(&name);
+            rt.board.withdraw(&label, Some(&name));
             if rt.failures.lock().unwrap().remove(&name).is_some() {
                 let _ = rt.health.send(());
             }
@@ -494,6 +528,11 @@ async fn reconcile(parent: Arc<DynamicObject>, rt: Arc<Runtime>) -> Result<Actio
                 .reconciles
                 .with_label_values(&[&label, error.metric_label()])
                 .inc();
+            if let Error::FieldConflict { target, message } = error {
+                rt.board
+                    .report(&label, &rt.identity, &name, target, message)
+                    .await;
+            }
             if error.is_plugin_failure() {
                 rt.metrics
                     .plugin_failures

@@ -282,6 +282,129 @@ pub struct WasmControllerStatus {
     pub plugin: Option<PluginStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What this controller watches, owns, reads, patches and finalizes: the behavioural
+    /// dependencies between controllers, in the API (`wasmop graph` draws them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<Dependencies>,
+}
+
+/// A controller's dependencies on kinds. Kinds are written `Kind.group` (`Kind` for the
+/// core group, `*.group` for a whole group).
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Dependencies {
+    /// Kinds it watches: the parent, the children and the related kinds.
+    #[serde(default)]
+    pub watches: Vec<String>,
+    /// Kinds it creates, owns and prunes (the children).
+    #[serde(default)]
+    pub owns: Vec<String>,
+    /// Kinds it reads through `spec.related`, with the contract fields it relies on.
+    #[serde(default)]
+    pub reads: Vec<ReadDependency>,
+    /// Fields it has written to objects it does not own (the parent's status, `apply`
+    /// patches), by kind, as observed since the controller started.
+    #[serde(default)]
+    pub patches: Vec<PatchDependency>,
+    /// Kinds on which it holds a finalizer (`plugin.finalize`).
+    #[serde(default)]
+    pub finalizes: Vec<String>,
+}
+
+/// One `spec.related` entry as a dependency.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadDependency {
+    /// The `spec.related` entry's name.
+    pub name: String,
+    pub kinds: Vec<String>,
+    /// The contract fields relied on: `field: path | path [type]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contract: Vec<String>,
+}
+
+/// Fields written to one kind, as JSON paths (`.status.ready`, the API server's spelling).
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchDependency {
+    pub kind: String,
+    pub fields: Vec<String>,
+}
+
+/// `Kind.group`, or `Kind` for the core group, or `*.group` for every kind of a group.
+pub fn kind_name(group: &str, kind: Option<&str>) -> String {
+    match (group, kind) {
+        ("", Some(kind)) => kind.into(),
+        ("", None) => "*".into(),
+        (group, Some(kind)) => format!("{kind}.{group}"),
+        (group, None) => format!("*.{group}"),
+    }
+}
+
+impl KindRef {
+    /// [`kind_name`] of this kind.
+    pub fn kind_name(&self) -> String {
+        kind_name(self.group(), Some(&self.kind))
+    }
+}
+
+impl WasmControllerSpec {
+    /// The dependencies the spec declares; `patches` is filled from what was observed.
+    pub fn dependencies(&self) -> Dependencies {
+        let parent = self.parent.kind_name();
+        let owns: Vec<String> = self.children.iter().map(KindRef::kind_name).collect();
+        let reads: Vec<ReadDependency> = self.related.iter().map(RelatedSpec::dependency).collect();
+        let mut watches = vec![parent.clone()];
+        for kind in owns.iter().chain(reads.iter().flat_map(|r| &r.kinds)) {
+            if !watches.contains(kind) {
+                watches.push(kind.clone());
+            }
+        }
+        Dependencies {
+            watches,
+            owns,
+            reads,
+            patches: Vec::new(),
+            finalizes: if self.plugin.finalize {
+                vec![parent]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+impl RelatedSpec {
+    fn dependency(&self) -> ReadDependency {
+        let kinds = match (&self.api_version, &self.kind) {
+            (Some(api_version), Some(kind)) => {
+                let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+                vec![kind_name(group, Some(kind))]
+            }
+            _ => self
+                .allowed_kinds
+                .iter()
+                .map(|gk| kind_name(&gk.group, gk.kind.as_deref()))
+                .collect(),
+        };
+        let mut contract: Vec<String> = self
+            .contract
+            .iter()
+            .map(|(field, path)| format!("{field}: {path}"))
+            .collect();
+        contract.extend(self.contract_fields.iter().map(|(field, f)| {
+            let typed = f
+                .type_
+                .map(|t| format!(" [{}]", t.name()))
+                .unwrap_or_default();
+            format!("{field}: {}{typed}", f.paths.join(" | "))
+        }));
+        ReadDependency {
+            name: self.name.clone(),
+            kinds,
+            contract,
+        }
+    }
 }
 
 /// The plugin currently running.

@@ -366,6 +366,9 @@ async fn record(rt: &Runtime, parent: &DynamicObject, write: &Write<'_>, rv: Opt
             .or_default()
             .insert((apply.target.clone(), target), (hash(&apply.body), rv));
     }
+    if target == "status" || target == "patch" {
+        rt.note_written(&apply.target, &apply.body);
+    }
     if let Write::Apply { adopt: true, .. } = write {
         adopted(rt, parent, &apply.target).await;
     }
@@ -434,10 +437,16 @@ async fn write_one(
             uid,
             ..
         } => {
+            let patch_manager = rt.identity.patch_manager();
             let to = Target {
                 force: *target == "child",
                 status: *subresource_status,
                 uid: uid.as_deref(),
+                manager: if *target == "patch" {
+                    &patch_manager
+                } else {
+                    &rt.identity.field_manager
+                },
             };
             apply_one(rt, apply, resource, &to, dry_run).await
         }
@@ -455,6 +464,9 @@ struct Target<'a> {
     status: bool,
     /// Only to the object with this uid.
     uid: Option<&'a str>,
+    /// The field manager: children and status share the controller's, `apply` patches have
+    /// their own ([`Identity::patch_manager`]).
+    manager: &'a str,
 }
 
 /// A server-side apply as this controller's field manager.
@@ -467,7 +479,7 @@ async fn apply_one(
 ) -> Result<Option<String>> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(rt.client.clone(), &apply.target.namespace, resource);
-    let mut params = PatchParams::apply(&rt.identity.field_manager);
+    let mut params = PatchParams::apply(to.manager);
     params.force = to.force;
     params.dry_run = dry_run;
     let (subresource_status, uid) = (to.status, to.uid);
@@ -569,6 +581,7 @@ async fn create(
                 force: true,
                 status: false,
                 uid: uid.as_deref(),
+                manager: &rt.identity.field_manager,
             };
             let rv = apply_one(rt, apply, resource, &to, dry_run).await?;
             if adopt && !dry_run {

@@ -26,7 +26,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::core::GroupVersionKind;
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
-use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT};
+use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT, Related};
 
 use crate::access::{self, Access};
 use crate::crd::{KindRef, WasmController};
@@ -599,14 +599,17 @@ async fn resolve_related(
                         report.line(format!("{}: {reason}", entry.name));
                         report.block(format!("related {}: {reason}", entry.name));
                     }
-                    (None, Some(t)) => report.line(format!(
-                        "{}: {}/{} ({}), contract {}",
-                        entry.name,
-                        t.kind,
-                        t.name,
-                        t.api_version,
-                        compact(&serde_json::to_value(&value.contract).unwrap_or_default())
-                    )),
+                    (None, Some(t)) => {
+                        report.line(format!(
+                            "{}: {}/{} ({}), contract {}",
+                            entry.name,
+                            t.kind,
+                            t.name,
+                            t.api_version,
+                            compact(&serde_json::to_value(&value.contract).unwrap_or_default())
+                        ));
+                        report_contract(&entry.name, t, &value, report);
+                    }
                     (None, None) => report.line(format!(
                         "{}: {} object(s) selected",
                         entry.name,
@@ -625,6 +628,21 @@ async fn resolve_related(
         }
     }
     related
+}
+
+/// Names each contract field, the path it was read from and the related object, and blocks on
+/// a contract field that is `false` (a readiness the parent waits for, Cluster API style).
+fn report_contract(entry: &str, target: &ObjRef, value: &Related, report: &mut Report) {
+    for (field, v) in &value.contract {
+        let path = value.matched.get(field).map_or("?", String::as_str);
+        let from = format!("{path} of {} {}", target.kind, target.name);
+        report.line(format!("  {field} = {} (from {from})", compact(v)));
+        if *v == Value::Bool(false) {
+            report.block(format!(
+                "related {entry}: contract field {field} is false (from {from}); the parent waits for it"
+            ));
+        }
+    }
 }
 
 /// Runs the plugin on what was gathered, through the same path as a live reconcile

@@ -10,6 +10,7 @@
 //! - [`controller`]: one parent's reconcile: gather → plugin call → plan → execute.
 //! - [`plan`]: validates a plugin response into SSA applies and a prune set (pure).
 //! - [`execute`]: writes a plan: ownership of children, dry run, create/apply/prune, events.
+//! - [`conflicts`]: a field two controllers write, reported on both of them.
 //! - [`finalizers`]: this controller's finalizer on parents: add, remove, release them all.
 //! - [`kinds`]: a kind's API resource (cached discovery) and an object as a plugin sees it.
 //! - [`plugin`]: the Extism host (the only module naming extism/wasmtime): compile cache,
@@ -22,15 +23,18 @@
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`crd`]: the WasmController type and its CRD.
 //! - [`eval`]: `wasmop eval`: a plugin run locally against case files (plugin test suites).
+//! - [`graph`]: `wasmop graph`: controllers and the kinds they own, read, patch, finalize.
 //! - [`explain`]: `wasmop explain`: a dry-run reconcile of one live object, and what blocks it.
 
 pub mod access;
+pub mod conflicts;
 pub mod controller;
 pub mod crd;
 pub mod eval;
 pub mod execute;
 pub mod explain;
 pub mod finalizers;
+pub mod graph;
 pub mod kinds;
 pub mod manager;
 pub mod metrics;
@@ -113,6 +117,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
         metrics,
         allow_file_plugins: opts.allow_file_plugins,
         response_limits: opts.response_limits,
+        board: Arc::new(conflicts::Board::default()),
     });
     manager::run(ctx, ready, shutdown).await;
     Ok(())

@@ -116,6 +116,21 @@ enum Command {
         #[arg(long)]
         no_cache: bool,
     },
+    /// Print the controllers and the kinds they watch, own, read (with the contract fields
+    /// they rely on), patch and finalize, from the WasmControllers' status, and flag what
+    /// couples them: two writing one field, two holding finalizers on one kind, a contested
+    /// field.
+    Graph {
+        /// Only this namespace (default: every namespace).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// `text`, or `dot` for Graphviz (`wasmop graph -o dot | dot -Tsvg > graph.svg`).
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: wasmop::graph::Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -327,6 +342,18 @@ async fn main() -> anyhow::Result<()> {
                 cache_dir: (!no_cache).then_some(cache_dir),
             };
             exit_with(wasmop::explain::explain(&opts, &logs, &mut std::io::stdout().lock()).await)
+        }
+        Command::Graph {
+            namespace,
+            kubeconfig,
+            output,
+        } => {
+            let opts = wasmop::graph::Options {
+                namespace,
+                kubeconfig,
+                format: output,
+            };
+            wasmop::graph::graph(&opts, &mut std::io::stdout().lock()).await
         }
     }
 }

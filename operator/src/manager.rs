@@ -28,8 +28,12 @@ use tokio::task::JoinHandle;
 use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT};
 
 use crate::access::{self, Access};
+use crate::conflicts::Board;
 use crate::controller::{self, ChildKind, Runtime};
-use crate::crd::{KindRef, PluginSource, PluginStatus, WasmController, WasmControllerStatus};
+use crate::crd::{
+    Dependencies, KindRef, PatchDependency, PluginSource, PluginStatus, WasmController,
+    WasmControllerStatus,
+};
 use crate::finalizers::{
     self, Finalizers, WASMCONTROLLER_FINALIZER, WASMCONTROLLER_FINALIZER_MANAGER,
 };
@@ -132,6 +136,8 @@ pub struct Context {
     pub allow_file_plugins: bool,
     /// Operator-wide limits on one plugin response.
     pub response_limits: crate::plan::ResponseLimits,
+    /// Which controller contests which other's fields (reported on both).
+    pub board: Arc<crate::conflicts::Board>,
 }
 
 type Key = (String, String);
@@ -669,6 +675,7 @@ async fn prepare(
         ctx.response_limits,
         ctx.watches.clone(),
         health.clone(),
+        ctx.board.clone(),
     ));
     let label = format!("{ns}/{}", wc.name_any());
     ctx.metrics
@@ -725,6 +732,8 @@ async fn stop(ctx: &Context, old: Running) {
         abort.abort();
     }
     let label = format!("{}/{}", old.runtime.namespace, old.runtime.name);
+    ctx.board
+        .unregister(&old.runtime.identity, &label, old.runtime.board_token);
     let _ = ctx
         .metrics
         .plugins_loaded
@@ -847,6 +856,7 @@ async fn write_status(
             &wc.spec.parent.kind,
             generation,
         ));
+        conditions.push(contested_condition(&ctx.board, &r.runtime, generation));
     }
     let current = wc.status.clone().unwrap_or_default();
     for c in &mut conditions {
@@ -868,11 +878,33 @@ async fn write_status(
             })
             .or(current.plugin.clone()),
         observed_generation: generation,
+        dependencies: Some(dependencies(wc, running)),
     };
     if status == current {
         return Ok(());
     }
     apply_status(ctx, wc, json!(status)).await
+}
+
+/// What the spec declares, and the fields the running controller has been seen writing.
+fn dependencies(wc: &WasmController, running: Option<&Running>) -> Dependencies {
+    let mut deps = wc.spec.dependencies();
+    if let Some(r) = running {
+        deps.patches = r
+            .runtime
+            .written
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(kind, fields)| PatchDependency {
+                kind: kind.clone(),
+                fields: fields.iter().cloned().collect(),
+            })
+            .collect();
+    } else if let Some(old) = wc.status.as_ref().and_then(|s| s.dependencies.as_ref()) {
+        deps.patches = old.patches.clone(); // not running now: what it wrote when it last was
+    }
+    deps
 }
 
 /// How long a parent the rate limit held back is reported after the last time it was.
@@ -905,6 +937,35 @@ fn throttled_condition(rt: &Runtime, kind: &str, generation: Option<i64>) -> Con
                     controller::RATE_BURST,
                     controller::RATE_PER_SECOND
                 ),
+                generation,
+            )
+        }
+    }
+}
+
+/// `Contested`: whether another controller's writes are refused because they contest fields
+/// this one owns (that controller is `Degraded` with `FieldConflict`; this one would otherwise
+/// never know, as its own writes succeed).
+fn contested_condition(board: &Board, rt: &Runtime, generation: Option<i64>) -> Condition {
+    let contests = board.against(&rt.identity);
+    match contests.first() {
+        None => condition(
+            "Contested",
+            "False",
+            "NoConflicts",
+            "no other controller writes fields this one owns",
+            generation,
+        ),
+        Some(first) => {
+            let more = match contests.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            condition(
+                "Contested",
+                "True",
+                "FieldConflict",
+                &format!("{first}{more}"),
                 generation,
             )
         }

@@ -91,6 +91,25 @@ impl Identity {
         format!("{}-finalizer", self.field_manager)
     }
 
+    /// The field manager of this controller's `apply` patches to the parent and related
+    /// objects (decorator pattern). Its own, so a patch can never strip the fields this
+    /// controller's children or status are applied with (one field manager owns exactly what
+    /// its last apply to an object sent).
+    pub fn patch_manager(&self) -> String {
+        format!("{}-patch", self.field_manager)
+    }
+
+    /// The controller id (`<namespace>.<name>`, shortened) behind one of this controller's
+    /// field managers, as found in a managedFields entry or a conflict message.
+    pub fn of_manager(manager: &str) -> Option<&str> {
+        let id = manager.strip_prefix("wasmop.dev/")?;
+        Some(
+            id.strip_suffix("-patch")
+                .or_else(|| id.strip_suffix("-finalizer"))
+                .unwrap_or(id),
+        )
+    }
+
     /// The `wasmop.dev/controller` label value (label values are at most 63 characters).
     pub fn label_value(&self) -> String {
         short_name(&self.controller, 63)
@@ -404,6 +423,7 @@ fn plan_patches(
     bad: &mut impl FnMut(String, String),
 ) -> Vec<Apply> {
     let mut patches = Vec::new();
+    let mut seen: Vec<(ObjRef, usize)> = Vec::new();
     for (i, patch) in returned.into_iter().enumerate() {
         let path = format!("apply[{i}]");
         let Some((target, body)) = object_ref(patch, &parent.namespace, &path, bad) else {
@@ -419,6 +439,16 @@ fn plan_patches(
             );
             continue;
         }
+        if let Some((_, first)) = seen.iter().find(|(t, _)| *t == target) {
+            bad(
+                path,
+                format!(
+                    "{} {} is already patched by apply[{first}]: merge them into one patch (with one field manager, a second patch to an object replaces the first)",
+                    target.kind, target.name
+                ),
+            );
+            continue;
+        }
         if body.get("status").is_some() && target == *parent {
             bad(
                 format!("{path}.status"),
@@ -426,10 +456,48 @@ fn plan_patches(
             );
             continue;
         }
+        seen.push((target.clone(), i));
         patches.push(Apply { target, body });
     }
     patches
 }
+
+/// The fields an apply body sets, as the API server spells them in conflicts (`.status.ready`,
+/// `.metadata.labels.team`): leaves, or objects [`FIELD_DEPTH`] deep; lists as a whole. The
+/// target's own identity (apiVersion, kind, name, namespace) is not a field it writes.
+pub fn written_fields(body: &Value) -> Vec<String> {
+    fn walk(value: &Value, path: String, depth: usize, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) if depth < FIELD_DEPTH && !map.is_empty() => {
+                for (key, v) in map {
+                    walk(v, format!("{path}.{key}"), depth + 1, out);
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+    let mut out = Vec::new();
+    let Some(map) = body.as_object() else {
+        return out;
+    };
+    for (key, value) in map {
+        match key.as_str() {
+            "apiVersion" | "kind" => {}
+            "metadata" => {
+                for (k, v) in value.as_object().into_iter().flatten() {
+                    if !matches!(k.as_str(), "name" | "namespace" | "uid") {
+                        walk(v, format!(".metadata.{k}"), 2, &mut out);
+                    }
+                }
+            }
+            _ => walk(value, format!(".{key}"), 1, &mut out),
+        }
+    }
+    out
+}
+
+/// How deep [`written_fields`] names fields.
+pub const FIELD_DEPTH: usize = 4;
 
 /// Wraps the returned status for the parent's status subresource.
 fn plan_status(
@@ -811,6 +879,12 @@ mod tests {
                 "apply[0].status: set the parent's status with the top-level `status` field",
             ),
             (
+                json!({"apply": [
+                    {"apiVersion": "example.com/v1", "kind": "Website", "metadata": {"name": "site", "labels": {"a": "b"}}},
+                    {"apiVersion": "example.com/v1", "kind": "Website", "metadata": {"name": "site", "annotations": {"c": "d"}}}]}),
+                "apply[1]: Website site is already patched by apply[0]: merge them",
+            ),
+            (
                 json!({"children": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "ownerReferences": [{"uid": "other"}]}}]}),
                 "children[0].metadata.ownerReferences: only an ownerReference to this parent",
             ),
@@ -887,6 +961,22 @@ mod tests {
         let id = Identity::new("ns", &"a".repeat(100));
         assert_eq!(id.label_value().len(), 63);
         assert!(id.finalizer().len() <= "wasmop.dev/".len() + 63);
+    }
+
+    #[test]
+    fn written_fields_are_named_like_the_api_servers_conflicts() {
+        let body = json!({"apiVersion": "v1", "kind": "X",
+            "metadata": {"name": "a", "namespace": "n", "labels": {"team": "a"}},
+            "status": {"ready": true, "conditions": [{"type": "A"}], "deep": {"a": {"b": {"c": 1}}}}});
+        assert_eq!(
+            written_fields(&body),
+            [
+                ".metadata.labels.team",
+                ".status.conditions",
+                ".status.deep.a.b",
+                ".status.ready"
+            ]
+        );
     }
 
     #[test]

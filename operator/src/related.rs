@@ -306,9 +306,14 @@ async fn resolve_ref(
     let obj = crate::kinds::clean(obj, &resource);
     let read = read_contract(spec, &obj, &found);
     let reason = (!read.missing.is_empty()).then(|| {
+        let fields: Vec<String> = read
+            .missing
+            .iter()
+            .map(|field| format!("{field} (at {})", contract_paths(spec, field).join(" or ")))
+            .collect();
         let mut reason = format!(
             "{found} does not set contract field(s) {}",
-            read.missing.join(", ")
+            fields.join(", ")
         );
         if !read.violations.is_empty() {
             reason += &format!(" ({})", read.violations.join("; "));
@@ -327,6 +332,15 @@ async fn resolve_ref(
         },
         Some(target),
     ))
+}
+
+/// The JSONPaths a contract field is read from, in the order they are tried.
+pub fn contract_paths<'a>(spec: &'a RelatedSpec, field: &str) -> Vec<&'a str> {
+    match (spec.contract.get(field), spec.contract_fields.get(field)) {
+        (Some(path), _) => vec![path.as_str()],
+        (None, Some(cf)) => cf.paths.iter().map(String::as_str).collect(),
+        (None, None) => Vec::new(),
+    }
 }
 
 /// What the contract fields of an entry read from one object.

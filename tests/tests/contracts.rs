@@ -185,6 +185,76 @@ async fn two_controllers_writing_one_field_report_the_conflict_instead_of_forcin
         "first",
         "not forced"
     );
+
+    // The first controller, whose own writes succeed, is told too: a condition and an Event
+    // from it on the contested object, both naming the other controller and the field.
+    let contested = |name: &'static str| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move { wasmop_e2e::website::condition(&client, &ns, name, "Contested").await }
+    };
+    let (_, reason, message) = eventually(REACT, "the first controller's Contested", || async {
+        Ok(contested("first").await?.filter(|(s, _, _)| s == "True"))
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(30)))?;
+    assert_eq!(reason, "FieldConflict", "{message}");
+    assert!(
+        message.contains(&format!("WasmController {ns}/second"))
+            && message.contains(".status.phase")
+            && message.contains("Website/shared"),
+        "names the other controller, the field and the object: {message}"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let from_first = format!("wasmop.dev/{ns}.first");
+    let note = eventually(
+        REACT,
+        "a FieldConflict event from the first controller",
+        || async {
+            let list = events
+                .list(&kube::api::ListParams::default().fields("regarding.name=shared"))
+                .await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("FieldConflict")
+                        && e.reporting_controller.as_deref() == Some(from_first.as_str())
+                })
+                .and_then(|e| e.note))
+        },
+    )
+    .await?;
+    assert!(note.contains(&format!("{ns}/second")), "{note}");
+    assert_eq!(
+        contested("second").await?.map(|(s, _, _)| s).as_deref(),
+        Some("False"),
+        "the refused side is Degraded, not Contested"
+    );
+
+    // Both list the field in their dependencies; only the writer that succeeded wrote it.
+    let wcs: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &wasmop_e2e::website::wasmcontroller_resource(),
+    );
+    let first_deps = wcs.get("first").await?.data["status"]["dependencies"].clone();
+    assert_eq!(
+        first_deps["patches"],
+        json!([{"kind": "Website.example.com", "fields": [".status.phase"]}]),
+        "{first_deps}"
+    );
+    assert_eq!(
+        first_deps["watches"],
+        json!(["Website.example.com", "ConfigMap", "Deployment.apps"])
+    );
+    assert_eq!(first_deps["owns"], json!(["ConfigMap", "Deployment.apps"]));
+
+    // The contest ends when the other controller goes.
+    wcs.delete("second", &Default::default()).await?;
+    eventually(REACT, "Contested clears", || async {
+        Ok(contested("first").await?.filter(|(s, _, _)| s == "False"))
+    })
+    .await?;
     Ok(())
 }
 
