@@ -27,10 +27,12 @@ build: setup
 ## plugins: every example plugin, from source, into target/plugins/.
 plugins: build
 	@mkdir -p $(PLUGIN_DIR)
-	$(CARGO) build -p website-plugin -p misbehave-plugin --target wasm32-unknown-unknown --profile plugin
+	$(CARGO) build -p website-plugin -p patterns-plugin -p misbehave-plugin --target wasm32-unknown-unknown --profile plugin
 	@cp $(WASM_RUST)/website_plugin.wasm $(PLUGIN_DIR)/website-rust.wasm
+	@cp $(WASM_RUST)/patterns_plugin.wasm $(PLUGIN_DIR)/patterns-rust.wasm
 	@cp $(WASM_RUST)/misbehave_plugin.wasm $(PLUGIN_DIR)/misbehave.wasm
 	@bash plugins/examples/website-js/build.sh   # QuickJS runtime + esbuild + pre-initialisation
+	@bash plugins/examples/decorator-ts/build.sh
 	@bash plugins/go/build.sh                    # standard Go, GOOS=wasip1 (stamped)
 	@ls -l $(PLUGIN_DIR)/*.wasm
 

@@ -102,9 +102,10 @@ async fn explain_names_a_missing_contract_field_and_a_missing_related_object() -
     let out = explain(cp, "website/site", &ns).await?;
     assert_eq!(out.code, Some(1), "something blocks: {out}");
     assert!(
-        out.stdout
-            .contains("infra: ConfigMap/infra (v1) does not set contract field(s) ready"),
-        "{out}"
+        out.stdout.contains(
+            "infra: ConfigMap/infra (v1) does not set contract field(s) ready (at $.status.ready)"
+        ),
+        "names the field and where it was looked for: {out}"
     );
     let blocking = out
         .stdout
