@@ -228,10 +228,25 @@ pub struct PluginSource {
     /// gzip- or zstd-compressed wasm (detected by magic bytes). Edits are hot-reloaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<ConfigMapKey>,
+    /// A key of a ConfigMap in the WasmController's namespace holding the plugin's
+    /// JavaScript source: one ES module (bundle TypeScript and npm imports first) exporting
+    /// `reconcile(request)` and optionally `finalize(request)`. The operator pre-initialises
+    /// it with its built-in JavaScript runtime into the same plugin `wasmop js build` makes,
+    /// cached by the source's digest, so no build step is needed and the 1 MiB ConfigMap limit
+    /// applies to the source only. Edits are hot-reloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub java_script: Option<ConfigMapKey>,
     /// A path on the operator's filesystem. For development only: the operator must be
     /// started with `--allow-file-plugins`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+}
+
+impl PluginSource {
+    /// The ConfigMap the plugin comes from (wasm or JavaScript), if it comes from one.
+    pub fn config_map_key(&self) -> Option<&ConfigMapKey> {
+        self.config_map.as_ref().or(self.java_script.as_ref())
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Eq, Hash)]
@@ -413,7 +428,8 @@ impl RelatedSpec {
 pub struct PluginStatus {
     pub sha256: String,
     pub size_bytes: u64,
-    /// Whether the source was compressed (`gzip`, `zstd`) or `none`.
+    /// Whether the source was compressed (`gzip`, `zstd`) or `none`, or `javascript` (built
+    /// from JavaScript source by the operator).
     pub encoding: String,
 }
 
@@ -427,8 +443,8 @@ fn preserve_unknown(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 const CEL_RULES: &[(&[&str], &str, &str)] = &[
     (
         &["spec", "plugin", "source"],
-        "[has(self.configMap), has(self.file)].filter(x, x).size() == 1",
-        "spec.plugin.source: set exactly one of configMap or file",
+        "[has(self.configMap), has(self.javaScript), has(self.file)].filter(x, x).size() == 1",
+        "spec.plugin.source: set exactly one of configMap, javaScript or file",
     ),
     (
         &["spec", "related", "[]"],

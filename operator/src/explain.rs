@@ -285,10 +285,13 @@ fn title(opts: &Options, ns: &str, name: &str, wc: &WasmController) -> String {
     let spec = &wc.spec;
     let source_text = match (
         &opts.plugin,
-        &spec.plugin.source.config_map,
+        &spec.plugin.source.config_map_key(),
         &spec.plugin.source.file,
     ) {
         (Some(local), _, _) => format!("local file {} (--plugin)", local.display()),
+        (None, Some(cm), _) if spec.plugin.source.java_script.is_some() => {
+            format!("JavaScript in ConfigMap {} key {}", cm.name, cm.key)
+        }
         (None, Some(cm), _) => format!("ConfigMap {} key {}", cm.name, cm.key),
         (None, None, Some(file)) => format!("file {file} on the operator"),
         (None, None, None) => "no source".into(),
@@ -731,7 +734,7 @@ async fn load_plugin(
         Some(path) => eval::load_plugin(path, limits, opts.cache_dir.clone())
             .await
             .map_err(|e| e.to_string()),
-        None => match source::load(client, ns, &wc.spec.plugin.source, true).await {
+        None => match source::load(client, ns, &wc.spec.plugin.source, &loader(opts)).await {
             Ok(bytes) => match crate::plugin::Host::new(opts.cache_dir.clone()) {
                 Ok(host) => host
                     .load(&bytes, limits, 1)
@@ -742,6 +745,16 @@ async fn load_plugin(
             Err(e) => Err(format!("plugin source: {e}")),
         },
     }
+}
+
+/// Explain loads sources as the operator does; file sources are the user's own files, and
+/// JavaScript is built with the runtime `wasmop js build` uses.
+fn loader(opts: &Options) -> source::Loader {
+    source::Loader::new(
+        true,
+        wasmop_js_build::default_runtime_path(),
+        opts.cache_dir.clone(),
+    )
 }
 
 /// Reports what the plan wants written. When `finalizing`, also whether the plugin has
@@ -1125,7 +1138,7 @@ async fn needed_permissions(
     if spec.plugin.finalize || patches_parent {
         needs.push(need("patch", &parent.group, &parent.plural));
     }
-    if spec.plugin.source.config_map.is_some() {
+    if spec.plugin.source.config_map_key().is_some() {
         needs.push(need("get", "", "configmaps"));
     }
     for target in &gathered.related.targets {

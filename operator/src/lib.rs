@@ -88,6 +88,8 @@ pub struct RunOptions {
     pub cache_dir: Option<PathBuf>,
     /// Allow `spec.plugin.source.file` (development only).
     pub allow_file_plugins: bool,
+    /// The JavaScript runtime `spec.plugin.source.javaScript` sources are built with.
+    pub js_runtime: PathBuf,
     /// Operator-wide limits on one plugin response.
     pub response_limits: plan::ResponseLimits,
     /// Operator-wide plugin memory budget, call slots and idle-instance expiry.
@@ -110,12 +112,16 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
     let ctx = Arc::new(manager::Context {
         watches: Arc::new(watches::Watches::new(metrics.clone())),
-        host: plugin::Host::with_budget(opts.cache_dir, opts.plugin_budget)?,
+        host: plugin::Host::with_budget(opts.cache_dir.clone(), opts.plugin_budget)?,
+        loader: Arc::new(source::Loader::new(
+            opts.allow_file_plugins,
+            opts.js_runtime,
+            opts.cache_dir,
+        )),
         access: Arc::new(access::Access::new(client.clone())),
         client,
         config,
         metrics,
-        allow_file_plugins: opts.allow_file_plugins,
         response_limits: opts.response_limits,
         board: Arc::new(conflicts::Board::default()),
     });

@@ -37,6 +37,10 @@ enum Command {
         /// Allow spec.plugin.source.file (development only: it reads the operator's filesystem).
         #[arg(long, env = "WASMOP_ALLOW_FILE_PLUGINS")]
         allow_file_plugins: bool,
+        /// The JavaScript runtime (wasmop_js_runtime.wasm) that spec.plugin.source.javaScript
+        /// sources are built with (`make plugins` builds it; the image ships it).
+        #[arg(long, env = "WASMOP_JS_RUNTIME", default_value_os_t = wasmop_js_build::default_runtime_path())]
+        js_runtime: PathBuf,
         /// Log format.
         #[arg(long, env = "WASMOP_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
         log_format: String,
@@ -257,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
             cache_dir,
             no_cache,
             allow_file_plugins,
+            js_runtime,
             log_format,
             response_limits,
             plugin_budget,
@@ -267,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
                 metrics_addr,
                 cache_dir: (!no_cache).then_some(cache_dir),
                 allow_file_plugins,
+                js_runtime,
                 response_limits: response_limits.into(),
                 plugin_budget: plugin_budget.into(),
             };

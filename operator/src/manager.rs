@@ -114,6 +114,9 @@ impl Error {
             Error::ClusterScoped { .. } => "ClusterScopedKind",
             Error::BadResync { .. } => "InvalidSpec",
             Error::Access(_) => "Forbidden",
+            Error::Source(source::Error::JavaScript { .. } | source::Error::NotText { .. }) => {
+                "PluginBuildFailed"
+            }
             Error::Source(_) => "PluginSourceUnavailable",
             Error::Plugin(e) => e.reason(),
             Error::Related(_) => "InvalidSpec",
@@ -133,7 +136,8 @@ pub struct Context {
     pub host: Host,
     pub access: Arc<Access>,
     pub metrics: Metrics,
-    pub allow_file_plugins: bool,
+    /// Turns plugin sources into bytes (and builds JavaScript sources).
+    pub loader: Arc<crate::source::Loader>,
     /// Operator-wide limits on one plugin response.
     pub response_limits: crate::plan::ResponseLimits,
     /// Which controller contests which other's fields (reported on both).
@@ -623,7 +627,7 @@ async fn prepare(
         )
         .await?;
 
-    let bytes = source::load(&client, &ns, &spec.plugin.source, ctx.allow_file_plugins).await?;
+    let bytes = source::load(&client, &ns, &spec.plugin.source, &ctx.loader).await?;
     let fingerprint = {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         serde_json::to_string(spec)
@@ -773,7 +777,7 @@ fn watch_source(
     wc: &WasmController,
     signals: mpsc::UnboundedSender<Signal>,
 ) -> Option<tokio::task::AbortHandle> {
-    let cm = wc.spec.plugin.source.config_map.as_ref()?;
+    let cm = wc.spec.plugin.source.config_map_key()?;
     let ns = wc.namespace().unwrap_or_default();
     let client = access::impersonated(&ctx.config, &ns, &wc.spec.service_account_name).ok()?;
     let api: Api<ConfigMap> = Api::namespaced(client, &ns);

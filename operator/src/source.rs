@@ -1,14 +1,16 @@
-//! Where plugin bytes come from: a ConfigMap key or (for development) a file. Decompresses
+//! Where plugin bytes come from: a ConfigMap key, JavaScript source in a ConfigMap (built
+//! here with the operator's JavaScript runtime), or (for development) a file. Decompresses
 //! gzip/zstd by magic bytes, checks that the result is WebAssembly, and computes its sha256,
 //! which names the plugin everywhere else (compile cache, status, metrics).
 
 use std::io::Read;
+use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 
-use crate::crd::PluginSource;
+use crate::crd::{ConfigMapKey, PluginSource};
 
 /// Decompressed plugins larger than this are refused (a zip bomb must not take the operator down).
 pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
@@ -65,6 +67,29 @@ pub enum Error {
     },
     #[error("plugin is larger than {MAX_PLUGIN_BYTES} bytes once decompressed")]
     TooLarge,
+    #[error(
+        "ConfigMap {namespace}/{name} key {key} (spec.plugin.source.javaScript) is not UTF-8 text: it must hold JavaScript source; a built .wasm goes under spec.plugin.source.configMap"
+    )]
+    NotText {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error(
+        "the operator cannot build JavaScript plugins: {source}. Start it with --js-runtime (or WASMOP_JS_RUNTIME) naming wasmop_js_runtime.wasm, or ship a built plugin under spec.plugin.source.configMap (wasmop js build)"
+    )]
+    JsRuntime {
+        #[source]
+        source: wasmop_js_build::Error,
+    },
+    #[error("building the JavaScript in ConfigMap {namespace}/{name} key {key}: {source}")]
+    JavaScript {
+        namespace: String,
+        name: String,
+        key: String,
+        #[source]
+        source: wasmop_js_build::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -90,40 +115,134 @@ impl std::fmt::Debug for PluginBytes {
     }
 }
 
+/// How plugin sources are turned into bytes: operator-wide settings and caches.
+pub struct Loader {
+    /// Allow `spec.plugin.source.file` (development only).
+    pub allow_files: bool,
+    /// The JavaScript runtime `javaScript` sources are built with.
+    js_runtime: PathBuf,
+    /// Where built JavaScript plugins are kept, by digest (none: build every time).
+    cache_dir: Option<PathBuf>,
+    /// One JavaScript build at a time: a build takes a core for a second or two.
+    js_builds: tokio::sync::Semaphore,
+}
+
+impl Loader {
+    pub fn new(allow_files: bool, js_runtime: PathBuf, cache_dir: Option<PathBuf>) -> Self {
+        Loader {
+            allow_files,
+            js_runtime,
+            cache_dir,
+            js_builds: tokio::sync::Semaphore::new(1),
+        }
+    }
+
+    /// Builds (or takes from the cache) the plugin of JavaScript `source`, named by the digest
+    /// of the runtime and the source.
+    async fn javascript(&self, source: String, file_name: &str) -> Result<PluginBytes, JsError> {
+        let runtime = wasmop_js_build::load_runtime(&self.js_runtime).map_err(JsError::Runtime)?;
+        let digest = {
+            let mut h = Sha256::new();
+            h.update(Sha256::digest(&runtime));
+            h.update(source.as_bytes());
+            hex::encode(h.finalize())
+        };
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join("js").join(format!("{digest}.wasm")));
+        if let Some(path) = &cached
+            && let Ok(wasm) = tokio::fs::read(path).await
+            && let Ok(bytes) = decode(&wasm)
+        {
+            return Ok(PluginBytes {
+                encoding: "javascript",
+                ..bytes
+            });
+        }
+        let _turn = self.js_builds.acquire().await.expect("never closed");
+        let name = file_name.to_string();
+        let started = std::time::Instant::now();
+        let plugin = tokio::task::spawn_blocking(move || {
+            wasmop_js_build::Builder::new(&runtime)
+                .file_name(name)
+                .build(&source)
+        })
+        .await
+        .expect("the build does not panic")
+        .map_err(JsError::Build)?;
+        tracing::info!(
+            bytes = plugin.wasm.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "built a JavaScript plugin"
+        );
+        if let Some(path) = &cached {
+            store(path, &plugin.wasm).await;
+        }
+        let bytes = decode(&plugin.wasm).map_err(JsError::Decode)?;
+        Ok(PluginBytes {
+            encoding: "javascript",
+            ..bytes
+        })
+    }
+}
+
+enum JsError {
+    Runtime(wasmop_js_build::Error),
+    Build(wasmop_js_build::Error),
+    Decode(Error),
+}
+
+/// Writes a cache file atomically (a temporary file renamed); a failure is only logged.
+async fn store(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let result = async {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::write(&tmp, bytes).await?;
+        tokio::fs::rename(&tmp, path).await
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::warn!(%error, path = %path.display(), "could not cache a built plugin");
+    }
+}
+
 /// Fetches the plugin named by `source`, reading ConfigMaps with `client` (the controller's
 /// impersonated client, so a team can only load what its account may read).
 ///
 /// # Errors
-/// Missing ConfigMap or key, read failures, non-wasm or oversized content.
+/// Missing ConfigMap or key, read failures, non-wasm or oversized content, JavaScript that
+/// does not build.
 pub async fn load(
     client: &Client,
     namespace: &str,
     source: &PluginSource,
-    allow_files: bool,
+    loader: &Loader,
 ) -> Result<PluginBytes> {
-    let raw = if let Some(cm) = &source.config_map {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let found = api
-            .get_opt(&cm.name)
-            .await
-            .map_err(|source| Error::ConfigMapRead {
+    let raw = if let Some(cm) = source.config_map_key() {
+        let raw = read_config_map(client, namespace, cm).await?;
+        if source.java_script.is_some() {
+            let text = String::from_utf8(raw).map_err(|_| Error::NotText {
                 namespace: namespace.into(),
                 name: cm.name.clone(),
-                source,
+                key: cm.key.clone(),
             })?;
-        let found = found.ok_or_else(|| Error::ConfigMapNotFound {
-            namespace: namespace.into(),
-            name: cm.name.clone(),
-            key: cm.key.clone(),
-        })?;
-        config_map_key(&found, &cm.key).ok_or_else(|| Error::KeyNotFound {
-            namespace: namespace.into(),
-            name: cm.name.clone(),
-            key: cm.key.clone(),
-            keys: keys_of(&found),
-        })?
+            return loader.javascript(text, &cm.key).await.map_err(|e| match e {
+                JsError::Runtime(source) => Error::JsRuntime { source },
+                JsError::Build(source) => Error::JavaScript {
+                    namespace: namespace.into(),
+                    name: cm.name.clone(),
+                    key: cm.key.clone(),
+                    source,
+                },
+                JsError::Decode(e) => e,
+            });
+        }
+        raw
     } else if let Some(path) = &source.file {
-        if !allow_files {
+        if !loader.allow_files {
             return Err(Error::FileSourceDisabled);
         }
         tokio::fs::read(path).await.map_err(|source| Error::File {
@@ -134,6 +253,29 @@ pub async fn load(
         unreachable!("the CRD's CEL rule requires exactly one source")
     };
     decode(&raw)
+}
+
+async fn read_config_map(client: &Client, namespace: &str, cm: &ConfigMapKey) -> Result<Vec<u8>> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let found = api
+        .get_opt(&cm.name)
+        .await
+        .map_err(|source| Error::ConfigMapRead {
+            namespace: namespace.into(),
+            name: cm.name.clone(),
+            source,
+        })?;
+    let found = found.ok_or_else(|| Error::ConfigMapNotFound {
+        namespace: namespace.into(),
+        name: cm.name.clone(),
+        key: cm.key.clone(),
+    })?;
+    config_map_key(&found, &cm.key).ok_or_else(|| Error::KeyNotFound {
+        namespace: namespace.into(),
+        name: cm.name.clone(),
+        key: cm.key.clone(),
+        keys: keys_of(&found),
+    })
 }
 
 fn config_map_key(cm: &ConfigMap, key: &str) -> Option<Vec<u8>> {
