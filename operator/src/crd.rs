@@ -236,10 +236,45 @@ pub struct PluginSource {
     /// applies to the source only. Edits are hot-reloaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub java_script: Option<ConfigMapKey>,
+    /// A plugin (raw, gzip or zstd wasm) at an HTTPS URL, verified against `sha256` before
+    /// use. The host must be one the operator allows (`--plugin-host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<UrlSource>,
+    /// A plugin in an OCI registry, pinned by digest, in the Wasm OCI artifact layout (one
+    /// layer of media type `application/wasm`, as `wasmop oci push`, `wkg` or `oras` push it),
+    /// optionally signed with cosign. The registry must be one the operator allows
+    /// (`--plugin-host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciSource>,
     /// A path on the operator's filesystem. For development only: the operator must be
     /// started with `--allow-file-plugins`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Eq, Hash)]
+pub struct UrlSource {
+    /// `https://host[:port]/path`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// The sha256 of the bytes at `url` (as served, before any decompression), 64 lowercase
+    /// hex digits: what was reviewed is what runs.
+    #[schemars(regex(pattern = r"^[a-f0-9]{64}$"))]
+    pub sha256: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct OciSource {
+    /// `registry/repository@sha256:<digest>` (a tag alone is refused: a digest is what was
+    /// reviewed). The digest is the manifest's.
+    #[schemars(regex(pattern = r"^[^@\s]+@sha256:[a-f0-9]{64}$"), length(max = 1024))]
+    pub image: String,
+    /// A cosign public key (PEM, ECDSA P-256, as `cosign generate-key-pair` writes it): the
+    /// artifact must carry a cosign signature by this key (key-based, checked offline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub public_key: Option<String>,
 }
 
 impl PluginSource {
@@ -443,8 +478,8 @@ fn preserve_unknown(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 const CEL_RULES: &[(&[&str], &str, &str)] = &[
     (
         &["spec", "plugin", "source"],
-        "[has(self.configMap), has(self.javaScript), has(self.file)].filter(x, x).size() == 1",
-        "spec.plugin.source: set exactly one of configMap, javaScript or file",
+        "[has(self.configMap), has(self.javaScript), has(self.url), has(self.oci), has(self.file)].filter(x, x).size() == 1",
+        "spec.plugin.source: set exactly one of configMap, javaScript, url, oci or file",
     ),
     (
         &["spec", "related", "[]"],

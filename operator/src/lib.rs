@@ -15,7 +15,8 @@
 //! - [`kinds`]: a kind's API resource (cached discovery) and an object as a plugin sees it.
 //! - [`plugin`]: the Extism host (the only module naming extism/wasmtime): compile cache,
 //!   instance pool, limits, error classification.
-//! - [`source`]: plugin bytes from a ConfigMap or file; gzip/zstd; sha256.
+//! - [`source`]: plugin bytes from a ConfigMap (wasm or JavaScript), URL, OCI or file; sha256.
+//! - [`remote`]: `url` and `oci` sources: allowed hosts, digests, cosign signatures.
 //! - [`watches`]: watches and caches opened as a team's account in its namespace, shared.
 //! - [`related`]: `spec.related`: API-contract references and selectors.
 //! - [`triggers`]: related objects' watches, and the parents a change to one re-reconciles.
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod plan;
 pub mod plugin;
 pub mod related;
+pub mod remote;
 pub mod source;
 pub mod triggers;
 pub mod watches;
@@ -77,6 +79,12 @@ pub async fn client_config(
     })
 }
 
+/// Makes ring the process's TLS crypto provider (the one kube uses), for the HTTP client of
+/// `url` and `oci` plugin sources. Idempotent.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Settings of `wasmop run`.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -90,6 +98,8 @@ pub struct RunOptions {
     pub allow_file_plugins: bool,
     /// The JavaScript runtime `spec.plugin.source.javaScript` sources are built with.
     pub js_runtime: PathBuf,
+    /// Hosts `url` and `oci` plugin sources may name, plain-HTTP hosts, required signers.
+    pub remote: remote::Policy,
     /// Operator-wide limits on one plugin response.
     pub response_limits: plan::ResponseLimits,
     /// Operator-wide plugin memory budget, call slots and idle-instance expiry.
@@ -102,6 +112,7 @@ pub struct RunOptions {
 /// No usable kubeconfig / in-cluster config, the metrics address cannot be bound, or the
 /// plugin cache directory cannot be created.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    install_crypto();
     let config = client_config(opts.kubeconfig.as_deref()).await?;
     let client = kube::Client::try_from(config.clone())?;
     let version = client.apiserver_version().await?;
@@ -113,11 +124,10 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
     let ctx = Arc::new(manager::Context {
         watches: Arc::new(watches::Watches::new(metrics.clone())),
         host: plugin::Host::with_budget(opts.cache_dir.clone(), opts.plugin_budget)?,
-        loader: Arc::new(source::Loader::new(
-            opts.allow_file_plugins,
-            opts.js_runtime,
-            opts.cache_dir,
-        )),
+        loader: Arc::new(
+            source::Loader::new(opts.allow_file_plugins, opts.js_runtime, opts.cache_dir)
+                .with_remote(opts.remote),
+        ),
         access: Arc::new(access::Access::new(client.clone())),
         client,
         config,

@@ -41,6 +41,30 @@ enum Command {
         /// sources are built with (`make plugins` builds it; the image ships it).
         #[arg(long, env = "WASMOP_JS_RUNTIME", default_value_os_t = wasmop_js_build::default_runtime_path())]
         js_runtime: PathBuf,
+        /// A host (`host`, `host:port` or `*.domain`) that spec.plugin.source.url and .oci may
+        /// fetch plugins from. Repeatable or comma-separated; none: no network sources.
+        #[arg(
+            long = "plugin-host",
+            env = "WASMOP_PLUGIN_HOSTS",
+            value_delimiter = ','
+        )]
+        plugin_hosts: Vec<String>,
+        /// A plugin host reached over plain HTTP (a development registry). Also needs
+        /// --plugin-host.
+        #[arg(
+            long = "insecure-plugin-host",
+            env = "WASMOP_INSECURE_PLUGIN_HOSTS",
+            value_delimiter = ','
+        )]
+        insecure_plugin_hosts: Vec<String>,
+        /// A cosign public key (PEM file): every oci plugin must carry a signature by one of
+        /// these. Repeatable.
+        #[arg(
+            long = "plugin-public-key",
+            env = "WASMOP_PLUGIN_PUBLIC_KEYS",
+            value_delimiter = ','
+        )]
+        plugin_public_keys: Vec<PathBuf>,
         /// Log format.
         #[arg(long, env = "WASMOP_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
         log_format: String,
@@ -59,6 +83,11 @@ enum Command {
     Js {
         #[command(subcommand)]
         command: JsCommand,
+    },
+    /// Plugins in OCI registries.
+    Oci {
+        #[command(subcommand)]
+        command: OciCommand,
     },
     /// Run a plugin locally against a case file, with the operator's limits: print its logs,
     /// its response and the writes the operator would make. Exit 1 when the call fails (or, with
@@ -134,6 +163,22 @@ enum Command {
         /// `text`, or `dot` for Graphviz (`wasmop graph -o dot | dot -Tsvg > graph.svg`).
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: wasmop::graph::Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum OciCommand {
+    /// Push a plugin to an OCI registry as a Wasm artifact (one application/wasm layer) and
+    /// print `registry/repository@sha256:<digest>` for spec.plugin.source.oci.image.
+    /// Anonymous: for a registry that needs credentials, push with oras or wkg.
+    Push {
+        /// The plugin (.wasm).
+        plugin: PathBuf,
+        /// `registry/repository:tag`, e.g. registry.example.com/team-a/website:v1.
+        reference: String,
+        /// Talk plain HTTP to the registry (a local development registry).
+        #[arg(long)]
+        plain_http: bool,
     },
 }
 
@@ -262,21 +307,62 @@ async fn main() -> anyhow::Result<()> {
             no_cache,
             allow_file_plugins,
             js_runtime,
+            plugin_hosts,
+            insecure_plugin_hosts,
+            plugin_public_keys,
             log_format,
             response_limits,
             plugin_budget,
         } => {
             init_logging(&log_format);
+            let mut keys = Vec::new();
+            for path in &plugin_public_keys {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("--plugin-public-key {}: {e}", path.display()))?;
+                keys.push(wasmop::remote::PublicKey::from_pem(
+                    &format!("--plugin-public-key {}", path.display()),
+                    &pem,
+                )?);
+            }
+            let remote = wasmop::remote::Policy {
+                hosts: plugin_hosts,
+                insecure_hosts: insecure_plugin_hosts,
+                keys,
+            };
             let opts = wasmop::RunOptions {
                 kubeconfig,
                 metrics_addr,
                 cache_dir: (!no_cache).then_some(cache_dir),
                 allow_file_plugins,
                 js_runtime,
+                remote,
                 response_limits: response_limits.into(),
                 plugin_budget: plugin_budget.into(),
             };
             wasmop::run(opts, shutdown_signal()).await
+        }
+        Command::Oci {
+            command:
+                OciCommand::Push {
+                    plugin,
+                    reference,
+                    plain_http,
+                },
+        } => {
+            wasmop::install_crypto();
+            let wasm = std::fs::read(&plugin)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", plugin.display()))?;
+            if !wasm.starts_with(b"\0asm") {
+                anyhow::bail!(
+                    "{}: not an uncompressed WebAssembly module (the layer is application/wasm; decompress it first)",
+                    plugin.display()
+                );
+            }
+            println!(
+                "{}",
+                wasmop::remote::push(&reference, wasm, plain_http).await?
+            );
+            Ok(())
         }
         Command::Crd => {
             print!("{}", wasmop::crd::install_yaml());
@@ -340,6 +426,7 @@ async fn main() -> anyhow::Result<()> {
             no_cache,
         } => {
             let logs = wasmop::eval::logs::PluginLogs::install();
+            wasmop::install_crypto();
             let opts = wasmop::explain::Options {
                 target,
                 namespace,

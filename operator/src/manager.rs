@@ -117,6 +117,11 @@ impl Error {
             Error::Source(source::Error::JavaScript { .. } | source::Error::NotText { .. }) => {
                 "PluginBuildFailed"
             }
+            Error::Source(source::Error::Remote(
+                crate::remote::Error::DigestMismatch { .. }
+                | crate::remote::Error::Unsigned { .. }
+                | crate::remote::Error::Key { .. },
+            )) => "PluginNotVerified",
             Error::Source(_) => "PluginSourceUnavailable",
             Error::Plugin(e) => e.reason(),
             Error::Related(_) => "InvalidSpec",

@@ -1,5 +1,6 @@
 //! Where plugin bytes come from: a ConfigMap key, JavaScript source in a ConfigMap (built
-//! here with the operator's JavaScript runtime), or (for development) a file. Decompresses
+//! here with the operator's JavaScript runtime), a URL or an OCI registry ([`crate::remote`]),
+//! or (for development) a file. Decompresses
 //! gzip/zstd by magic bytes, checks that the result is WebAssembly, and computes its sha256,
 //! which names the plugin everywhere else (compile cache, status, metrics).
 
@@ -82,6 +83,8 @@ pub enum Error {
         #[source]
         source: wasmop_js_build::Error,
     },
+    #[error(transparent)]
+    Remote(#[from] crate::remote::Error),
     #[error("building the JavaScript in ConfigMap {namespace}/{name} key {key}: {source}")]
     JavaScript {
         namespace: String,
@@ -125,6 +128,8 @@ pub struct Loader {
     cache_dir: Option<PathBuf>,
     /// One JavaScript build at a time: a build takes a core for a second or two.
     js_builds: tokio::sync::Semaphore,
+    /// Which hosts `url` and `oci` sources may name, and the keys OCI plugins need.
+    pub remote: crate::remote::Policy,
 }
 
 impl Loader {
@@ -134,7 +139,14 @@ impl Loader {
             js_runtime,
             cache_dir,
             js_builds: tokio::sync::Semaphore::new(1),
+            remote: crate::remote::Policy::default(),
         }
+    }
+
+    /// With the admin's policy for `url` and `oci` sources.
+    pub fn with_remote(mut self, remote: crate::remote::Policy) -> Self {
+        self.remote = remote;
+        self
     }
 
     /// Builds (or takes from the cache) the plugin of JavaScript `source`, named by the digest
@@ -194,7 +206,7 @@ enum JsError {
 }
 
 /// Writes a cache file atomically (a temporary file renamed); a failure is only logged.
-async fn store(path: &std::path::Path, bytes: &[u8]) {
+pub(crate) async fn store(path: &std::path::Path, bytes: &[u8]) {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let result = async {
         if let Some(dir) = path.parent() {
@@ -241,6 +253,10 @@ pub async fn load(
             });
         }
         raw
+    } else if let Some(url) = &source.url {
+        crate::remote::fetch_url(&loader.remote, url, loader.cache_dir.as_ref()).await?
+    } else if let Some(oci) = &source.oci {
+        crate::remote::pull_oci(&loader.remote, oci, loader.cache_dir.as_ref()).await?
     } else if let Some(path) = &source.file {
         if !loader.allow_files {
             return Err(Error::FileSourceDisabled);
