@@ -16,6 +16,8 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::PostParams;
 use kube::{Api, Client, Config};
 
+use crate::api_error::readable;
+
 /// How long an "allowed" access review answer is trusted.
 pub const REVIEW_TTL: Duration = Duration::from_secs(30);
 /// How long a "denied" answer is trusted: shorter, so a team that fixes its RBAC sees its
@@ -34,9 +36,9 @@ pub enum Error {
         group: String,
         resource: String,
     },
-    #[error("asking the API server for an access review: {0}")]
+    #[error("asking the API server for an access review: {}", readable(.0))]
     Review(#[source] kube::Error),
-    #[error("building a client impersonating {user}: {source}")]
+    #[error("building a client impersonating {user}: {}", readable(.source))]
     Client {
         user: String,
         #[source]

@@ -29,6 +29,7 @@ use serde_json::Value;
 use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT};
 
 use crate::access::{self, Access};
+use crate::api_error::readable;
 use crate::crd::{KindRef, WasmController};
 use crate::eval::logs::PluginLogs;
 use crate::eval::{self, Inputs};
@@ -42,7 +43,7 @@ pub enum Error {
     Target(String),
     #[error(transparent)]
     Config(#[from] crate::ConfigError),
-    #[error("{action}: {source}")]
+    #[error("{action}: {}", readable(.source))]
     Api {
         action: String,
         #[source]
@@ -251,8 +252,9 @@ async fn explain_one(
         Ok(r) => r,
         Err(e) => {
             report.block(format!(
-                "spec.parent: {} is not served by the API server: {e}",
-                wc.spec.parent
+                "spec.parent: {} is not served by the API server: {}",
+                wc.spec.parent,
+                readable(&e)
             ));
             return Ok(());
         }
@@ -536,7 +538,8 @@ async fn gather_children(
             Ok(r) => r,
             Err(e) => {
                 report.block(format!(
-                    "spec.children[{i}]: {kind} is not served by the API server: {e}"
+                    "spec.children[{i}]: {kind} is not served by the API server: {}",
+                    readable(&e)
                 ));
                 children.all_served = false;
                 continue;
@@ -787,7 +790,7 @@ async fn compare(
         let live = match live_child(client, ns, &apply.target, &gathered.children).await {
             Ok(live) => live,
             Err(e) => {
-                report.line(format!("{shown}: cannot read it: {e}"));
+                report.line(format!("{shown}: cannot read it: {}", readable(&e)));
                 continue;
             }
         };

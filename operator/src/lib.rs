@@ -19,12 +19,14 @@
 //! - [`related`]: `spec.related`: API-contract references and selectors.
 //! - [`triggers`]: related objects' watches, and the parents a change to one re-reconciles.
 //! - [`access`]: impersonated clients and cached access reviews (least privilege).
+//! - [`api_error`]: the API server's reason and message as a person reads them.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`crd`]: the WasmController type and its CRD.
 //! - [`eval`]: `wasmop eval`: a plugin run locally against case files (plugin test suites).
 //! - [`explain`]: `wasmop explain`: a dry-run reconcile of one live object, and what blocks it.
 
 pub mod access;
+pub mod api_error;
 pub mod controller;
 pub mod crd;
 pub mod eval;
