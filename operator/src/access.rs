@@ -65,7 +65,7 @@ pub fn impersonated(base: &Config, namespace: &str, service_account: &str) -> Re
     Client::try_from(config).map_err(|source| Error::Client { user, source })
 }
 
-type Key = (String, String, String, String, String, String); // ns, sa, verb, group, resource, target ns
+type Key = (String, String, String, String, String, Option<String>); // ns, sa, verb, group, resource, name
 
 /// Cached access reviews, made with the operator's own client.
 pub struct Access {
@@ -94,21 +94,40 @@ impl Access {
     ) -> Result<()> {
         for (group, resource) in resources {
             for verb in verbs {
-                if !self
-                    .allowed(namespace, service_account, verb, group, resource)
-                    .await?
-                {
-                    return Err(Error::Denied {
-                        namespace: namespace.into(),
-                        service_account: service_account.into(),
-                        verb: (*verb).into(),
-                        group: group.clone(),
-                        resource: resource.clone(),
-                    });
-                }
+                self.require_one(namespace, service_account, verb, group, resource, None)
+                    .await?;
             }
         }
         Ok(())
+    }
+
+    /// Succeeds when `namespace/service_account` may `verb` `resource` (a plural, or
+    /// `plural/subresource`) of `group` in `namespace`, the object `name` when given.
+    ///
+    /// # Errors
+    /// [`Error::Denied`] naming the permission and the Role rule that grants it.
+    pub async fn require_one(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        name: Option<&str>,
+    ) -> Result<()> {
+        if self
+            .allowed(namespace, service_account, verb, group, resource, name)
+            .await?
+        {
+            return Ok(());
+        }
+        Err(Error::Denied {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+        })
     }
 
     async fn allowed(
@@ -118,6 +137,7 @@ impl Access {
         verb: &str,
         group: &str,
         resource: &str,
+        name: Option<&str>,
     ) -> Result<bool> {
         let key = (
             namespace.into(),
@@ -125,13 +145,17 @@ impl Access {
             verb.into(),
             group.into(),
             resource.into(),
-            namespace.into(),
+            name.map(String::from),
         );
         if let Some((allowed, at)) = self.cache.lock().unwrap().get(&key)
             && at.elapsed() < if *allowed { REVIEW_TTL } else { DENIED_TTL }
         {
             return Ok(*allowed);
         }
+        let (plural, subresource) = match resource.split_once('/') {
+            Some((plural, sub)) => (plural, Some(sub)),
+            None => (resource, None),
+        };
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(service_account_user(namespace, sa)),
@@ -144,7 +168,9 @@ impl Access {
                     namespace: Some(namespace.into()),
                     verb: Some(verb.into()),
                     group: Some(group.into()),
-                    resource: Some(resource.into()),
+                    resource: Some(plural.into()),
+                    subresource: subresource.map(String::from),
+                    name: name.map(String::from),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -19,6 +19,7 @@
 //! - [`related`]: `spec.related`: API-contract references and selectors.
 //! - [`triggers`]: related objects' watches, and the parents a change to one re-reconciles.
 //! - [`access`]: impersonated clients and cached access reviews (least privilege).
+//! - [`rbac`]: the rights a controller's ServiceAccount needs (`wasmop rbac`, checked by explain).
 //! - [`api_error`]: the API server's reason and message as a person reads them.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`crd`]: the WasmController type and its CRD.
@@ -38,6 +39,7 @@ pub mod manager;
 pub mod metrics;
 pub mod plan;
 pub mod plugin;
+pub mod rbac;
 pub mod related;
 pub mod source;
 pub mod triggers;

@@ -51,6 +51,18 @@ enum Command {
     Crd,
     /// Print the plugin ABI's JSON Schema.
     Schema,
+    /// Print the ServiceAccount, Role and RoleBinding a WasmController's account needs for
+    /// exactly what its spec declares (the rights `wasmop explain` checks). Apply with
+    /// `wasmop rbac -f wasmcontroller.yaml | kubectl apply -f -`.
+    Rbac {
+        /// A YAML file with one or more WasmControllers (other documents are skipped).
+        #[arg(short, long, value_name = "FILE")]
+        file: PathBuf,
+        /// Namespace of the printed objects (default: the WasmController's, else none, for
+        /// `kubectl apply -n`).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
     /// JavaScript plugins.
     Js {
         #[command(subcommand)]
@@ -270,6 +282,18 @@ async fn main() -> anyhow::Result<()> {
                     wasm_opt,
                 },
         } => js_build(&source, &output, &runtime, wasm_opt).await,
+        Command::Rbac { file, namespace } => {
+            let controllers = match wasmop::rbac::read_controllers(&file) {
+                Ok(c) => c,
+                Err(e) => exit_with::<wasmop::rbac::Error>(Err(e)),
+            };
+            let docs: Vec<String> = controllers
+                .iter()
+                .map(|wc| wasmop::rbac::role_yaml(wc, namespace.as_deref()))
+                .collect();
+            print!("{}", docs.join("---\n"));
+            Ok(())
+        }
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&wasmop_abi::schema())?);
             Ok(())
