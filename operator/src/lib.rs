@@ -25,6 +25,7 @@
 //! - [`crd`]: the WasmController type and its CRD.
 //! - [`eval`]: `wasmop eval`: a plugin run locally against case files (plugin test suites).
 //! - [`explain`]: `wasmop explain`: a dry-run reconcile of one live object, and what blocks it.
+//! - [`init`]: `wasmop init`: a plugin project (Rust, Go, TypeScript) with its kit vendored.
 
 pub mod access;
 pub mod api_error;
@@ -34,6 +35,7 @@ pub mod eval;
 pub mod execute;
 pub mod explain;
 pub mod finalizers;
+pub mod init;
 pub mod kinds;
 pub mod manager;
 pub mod metrics;

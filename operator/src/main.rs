@@ -51,6 +51,32 @@ enum Command {
     Crd,
     /// Print the plugin ABI's JSON Schema.
     Schema,
+    /// Create a plugin project in DIR (Rust, Go or TypeScript) that builds and tests on its own:
+    /// the language kit vendored from this wasmop, a Makefile, fixtures for `wasmop eval
+    /// --test`, the parent CRD, the WasmController and its RBAC. See docs/from-zero.md.
+    Init {
+        /// The project directory (created; must be empty). Its name is the controller's.
+        dir: PathBuf,
+        /// The plugin language.
+        #[arg(long, value_parser = ["rust", "go", "ts"])]
+        lang: String,
+        /// The controller's name (default: DIR's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The parent kind (default: the name in UpperCamelCase).
+        #[arg(long)]
+        kind: Option<String>,
+        /// The parent kind's API group.
+        #[arg(long, default_value = "example.com")]
+        group: String,
+        /// The parent kind's version.
+        #[arg(long, default_value = "v1")]
+        version: String,
+        /// A child kind as APIVERSION/KIND, e.g. v1/ConfigMap or apps/v1/Deployment
+        /// (repeatable; default v1/ConfigMap).
+        #[arg(long = "child", value_name = "APIVERSION/KIND")]
+        children: Vec<String>,
+    },
     /// Print the ServiceAccount, Role and RoleBinding a WasmController's account needs for
     /// exactly what its spec declares (the rights `wasmop explain` checks). Apply with
     /// `wasmop rbac -f wasmcontroller.yaml | kubectl apply -f -`.
@@ -282,6 +308,35 @@ async fn main() -> anyhow::Result<()> {
                     wasm_opt,
                 },
         } => js_build(&source, &output, &runtime, wasm_opt).await,
+        Command::Init {
+            dir,
+            lang,
+            name,
+            kind,
+            group,
+            version,
+            children,
+        } => {
+            let opts = wasmop::init::Options {
+                lang: wasmop::init::Lang::parse(&lang)?,
+                dir,
+                name,
+                kind,
+                group,
+                version,
+                children,
+            };
+            match wasmop::init::init(&opts) {
+                Ok(files) => {
+                    for file in files {
+                        println!("wrote {}", opts.dir.join(file).display());
+                    }
+                    print!("{}", wasmop::init::next_steps(&opts));
+                    Ok(())
+                }
+                Err(e) => exit_with::<wasmop::init::Error>(Err(e)),
+            }
+        }
         Command::Rbac { file, namespace } => {
             let controllers = match wasmop::rbac::read_controllers(&file) {
                 Ok(c) => c,
