@@ -464,3 +464,89 @@ async fn a_forbidden_write_shows_the_api_servers_message_not_a_debug_dump() -> R
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_role_wasmop_rbac_prints_is_enough_and_explain_agrees() -> Result<()> {
+    let (cp, op) = setup().await?;
+    let client = cp.client().await?;
+    let ns = localcp::create_test_namespace(&client, "rbac-printed").await?;
+    // Secrets, not ConfigMaps, are the children: the plugin's ConfigMap is granted by name only.
+    let controller = format!(
+        r#"apiVersion: wasmop.dev/v1alpha1
+kind: WasmController
+metadata: {{ name: tokens, namespace: {ns} }}
+spec:
+  parent: {{ apiVersion: example.com/v1, kind: Website }}
+  children: [ {{ apiVersion: v1, kind: Secret }} ]
+  plugin:
+    source: {{ configMap: {{ name: misbehave, key: plugin.wasm }} }}
+    config:
+      mode: config
+      children: [ {{ apiVersion: v1, kind: Secret, metadata: {{ name: "{{parent}}-token" }}, stringData: {{ token: t }} }} ]
+  serviceAccountName: tokens
+"#
+    );
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.yaml"));
+    std::fs::write(&file, &controller)?;
+    let printed = tokio::process::Command::new(wasmop_e2e::wasmop_bin()?)
+        .arg("rbac")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .await?;
+    assert!(printed.status.success(), "{printed:?}");
+    let role = String::from_utf8(printed.stdout)?;
+    assert!(
+        role.contains("resourceNames: [misbehave]")
+            && !role.contains("resources: [configmaps]\n    verbs: [get, list, watch, create"),
+        "{role}"
+    );
+    wasmop_e2e::kubectl_stdin(cp, &["apply", "-f", "-"], Some(&role))?;
+    put_plugin(&client, &ns, "misbehave", plugin("misbehave")).await?;
+    wasmop_e2e::kubectl_stdin(cp, &["apply", "-f", "-"], Some(&controller))?;
+    wait_ready(&client, &ns, "tokens", op).await?;
+    create_website(&client, &ns, "site", json!({})).await?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    eventually(WAIT, "the Secret child", || async {
+        Ok(secrets.get_opt("site-token").await?)
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(30)))?;
+
+    // explain checks the same list: nothing it needs is missing.
+    let last = std::sync::Mutex::new(String::new());
+    eventually(WAIT, "explain: nothing blocks", || async {
+        let out = explain(cp, "website/site", &ns).await?;
+        *last.lock().unwrap() = out.to_string();
+        Ok((out.code == Some(0)).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\nlast explain:\n{}", last.lock().unwrap()))?;
+    let out = last.lock().unwrap().clone();
+    assert!(
+        out.contains("Nothing blocks progress") && !out.contains("DENIED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("allowed configmaps misbehave: get, list, watch"),
+        "{out}"
+    );
+
+    // The plugin ConfigMap is watched by name with only that grant: a new version loads. The
+    // same module with a custom section appended (other bytes, same behaviour), gzipped.
+    let controllers: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &wasmcontroller_resource());
+    let first = controllers.get("tokens").await?.data["status"]["plugin"]["sha256"].clone();
+    let mut wasm = plugin("misbehave");
+    wasm.extend_from_slice(&[0, 5, 4, b'n', b'o', b't', b'e']);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &wasm)?;
+    put_plugin(&client, &ns, "misbehave", gz.finish()?).await?;
+    eventually(WAIT, "the new plugin loaded", || async {
+        let plugin = &controllers.get("tokens").await?.data["status"]["plugin"];
+        Ok((plugin["encoding"] == "gzip" && plugin["sha256"] != first).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(30)))?;
+    Ok(())
+}
