@@ -16,6 +16,8 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::PostParams;
 use kube::{Api, Client, Config};
 
+use crate::api_error::readable;
+
 /// How long an "allowed" access review answer is trusted.
 pub const REVIEW_TTL: Duration = Duration::from_secs(30);
 /// How long a "denied" answer is trusted: shorter, so a team that fixes its RBAC sees its
@@ -34,9 +36,9 @@ pub enum Error {
         group: String,
         resource: String,
     },
-    #[error("asking the API server for an access review: {0}")]
+    #[error("asking the API server for an access review: {}", readable(.0))]
     Review(#[source] kube::Error),
-    #[error("building a client impersonating {user}: {source}")]
+    #[error("building a client impersonating {user}: {}", readable(.source))]
     Client {
         user: String,
         #[source]
@@ -63,7 +65,7 @@ pub fn impersonated(base: &Config, namespace: &str, service_account: &str) -> Re
     Client::try_from(config).map_err(|source| Error::Client { user, source })
 }
 
-type Key = (String, String, String, String, String, String); // ns, sa, verb, group, resource, target ns
+type Key = (String, String, String, String, String, Option<String>); // ns, sa, verb, group, resource, name
 
 /// Cached access reviews, made with the operator's own client.
 pub struct Access {
@@ -92,21 +94,40 @@ impl Access {
     ) -> Result<()> {
         for (group, resource) in resources {
             for verb in verbs {
-                if !self
-                    .allowed(namespace, service_account, verb, group, resource)
-                    .await?
-                {
-                    return Err(Error::Denied {
-                        namespace: namespace.into(),
-                        service_account: service_account.into(),
-                        verb: (*verb).into(),
-                        group: group.clone(),
-                        resource: resource.clone(),
-                    });
-                }
+                self.require_one(namespace, service_account, verb, group, resource, None)
+                    .await?;
             }
         }
         Ok(())
+    }
+
+    /// Succeeds when `namespace/service_account` may `verb` `resource` (a plural, or
+    /// `plural/subresource`) of `group` in `namespace`, the object `name` when given.
+    ///
+    /// # Errors
+    /// [`Error::Denied`] naming the permission and the Role rule that grants it.
+    pub async fn require_one(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        name: Option<&str>,
+    ) -> Result<()> {
+        if self
+            .allowed(namespace, service_account, verb, group, resource, name)
+            .await?
+        {
+            return Ok(());
+        }
+        Err(Error::Denied {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+        })
     }
 
     async fn allowed(
@@ -116,6 +137,7 @@ impl Access {
         verb: &str,
         group: &str,
         resource: &str,
+        name: Option<&str>,
     ) -> Result<bool> {
         let key = (
             namespace.into(),
@@ -123,13 +145,17 @@ impl Access {
             verb.into(),
             group.into(),
             resource.into(),
-            namespace.into(),
+            name.map(String::from),
         );
         if let Some((allowed, at)) = self.cache.lock().unwrap().get(&key)
             && at.elapsed() < if *allowed { REVIEW_TTL } else { DENIED_TTL }
         {
             return Ok(*allowed);
         }
+        let (plural, subresource) = match resource.split_once('/') {
+            Some((plural, sub)) => (plural, Some(sub)),
+            None => (resource, None),
+        };
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(service_account_user(namespace, sa)),
@@ -142,7 +168,9 @@ impl Access {
                     namespace: Some(namespace.into()),
                     verb: Some(verb.into()),
                     group: Some(group.into()),
-                    resource: Some(resource.into()),
+                    resource: Some(plural.into()),
+                    subresource: subresource.map(String::from),
+                    name: name.map(String::from),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -36,6 +36,7 @@ use wasmop_abi::{
 };
 
 use crate::access::{self, Access};
+use crate::api_error::readable;
 use crate::conflicts::{self, Board};
 use crate::crd::{KindRef, WasmControllerSpec};
 use crate::execute::{self, ADOPT_ANNOTATION, AppliedByTarget, Conflict, DEPENDENCY_RETRY};
@@ -64,7 +65,7 @@ pub enum Error {
     Plan(#[from] plan::Error),
     #[error(transparent)]
     Related(#[from] related::Error),
-    #[error("the API server rejected {action} of {target}: {source}")]
+    #[error("the API server rejected {action} of {target}: {}", readable(.source))]
     Write {
         action: &'static str,
         target: ObjRef,
@@ -361,7 +362,7 @@ impl Runtime {
             .publish(&event, &parent.object_ref(&self.parent.resource))
             .await
         {
-            tracing::debug!(error = %e, reason, "could not record an event (may the account create events?)");
+            tracing::debug!(error = %readable(&e), reason, "could not record an event (may the account create and patch events.k8s.io events?)");
         }
     }
 

@@ -29,11 +29,13 @@ use serde_json::Value;
 use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT, Related};
 
 use crate::access::{self, Access};
+use crate::api_error::readable;
 use crate::crd::{KindRef, WasmController};
 use crate::eval::logs::PluginLogs;
 use crate::eval::{self, Inputs};
 use crate::plan::{self, Identity, ObjRef};
 use crate::plugin::LoadedPlugin;
+use crate::rbac;
 use crate::{execute, related, source};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +44,7 @@ pub enum Error {
     Target(String),
     #[error(transparent)]
     Config(#[from] crate::ConfigError),
-    #[error("{action}: {source}")]
+    #[error("{action}: {}", readable(.source))]
     Api {
         action: String,
         #[source]
@@ -251,8 +253,9 @@ async fn explain_one(
         Ok(r) => r,
         Err(e) => {
             report.block(format!(
-                "spec.parent: {} is not served by the API server: {e}",
-                wc.spec.parent
+                "spec.parent: {} is not served by the API server: {}",
+                wc.spec.parent,
+                readable(&e)
             ));
             return Ok(());
         }
@@ -539,7 +542,8 @@ async fn gather_children(
             Ok(r) => r,
             Err(e) => {
                 report.block(format!(
-                    "spec.children[{i}]: {kind} is not served by the API server: {e}"
+                    "spec.children[{i}]: {kind} is not served by the API server: {}",
+                    readable(&e)
                 ));
                 children.all_served = false;
                 continue;
@@ -818,7 +822,7 @@ async fn compare(
         let live = match live_child(client, ns, &apply.target, &gathered.children).await {
             Ok(live) => live,
             Err(e) => {
-                report.line(format!("{shown}: cannot read it: {e}"));
+                report.line(format!("{shown}: cannot read it: {}", readable(&e)));
                 continue;
             }
         };
@@ -1021,16 +1025,11 @@ fn compact(v: &Value) -> String {
     format!("{}…", &s[..end])
 }
 
-/// One permission the controller's ServiceAccount needs.
-struct Need {
-    verb: &'static str,
-    group: String,
-    resource: String,
-}
-
 /// Reports which of the permissions the controller needs its ServiceAccount has, by
-/// SubjectAccessReview; each one it lacks blocks. When the reviews cannot be made, says so and
-/// notes the permissions as not checked.
+/// SubjectAccessReview: every verb of [`rbac::rules`] (what the operator uses for this spec,
+/// whatever the plugin answers; what `wasmop rbac` prints) and what the plan's `apply` patches
+/// add. Each one it lacks blocks. When the reviews cannot be made, says so and notes the
+/// permissions as not checked.
 async fn check_access(
     client: &Client,
     ns: &str,
@@ -1042,49 +1041,51 @@ async fn check_access(
 ) {
     let sa = &wc.spec.service_account_name;
     report.heading(format!("Permissions of ServiceAccount {ns}/{sa}"));
-    let needs = needed_permissions(client, wc, parent, gathered, plan).await;
-
-    // Each permission once, grouped by resource for the summary.
-    let mut unique: Vec<Need> = Vec::new();
-    for n in needs {
-        if !unique
-            .iter()
-            .any(|u| u.verb == n.verb && u.group == n.group && u.resource == n.resource)
-        {
-            unique.push(n);
-        }
-    }
+    let rules = needed_rules(client, wc, parent, gathered, plan).await;
     let access = Access::new(client.clone());
     let mut allowed: Vec<(String, Vec<&str>)> = Vec::new();
-    for n in &unique {
-        match access
-            .require(ns, sa, &[n.verb], &[(n.group.clone(), n.resource.clone())])
-            .await
-        {
-            Ok(()) => match allowed.iter_mut().find(|(r, _)| *r == n.resource) {
-                Some((_, verbs)) => verbs.push(n.verb),
-                None => allowed.push((n.resource.clone(), vec![n.verb])),
-            },
-            Err(e @ access::Error::Denied { .. }) => {
-                report.line(format!("DENIED {} {}", n.verb, n.resource));
-                report.block(e.to_string());
-            }
-            Err(access::Error::Review(kube::Error::Api(status))) if status.code == 403 => {
-                report.line(format!(
-                    "not checked: you may not create SubjectAccessReviews ({}), so what {sa} may do is unknown; ask an admin to run wasmop explain, or check its Role",
-                    status.message
-                ));
-                report
-                    .unchecked
-                    .push(format!("the permissions of ServiceAccount {ns}/{sa}"));
-                return;
-            }
-            Err(e) => {
-                report.line(format!("not checked: {e}"));
-                report
-                    .unchecked
-                    .push(format!("the permissions of ServiceAccount {ns}/{sa}"));
-                return;
+    for rule in &rules {
+        let names: Vec<Option<&str>> = if rule.names.is_empty() {
+            vec![None]
+        } else {
+            rule.names.iter().map(|n| Some(n.as_str())).collect()
+        };
+        let shown = match names.as_slice() {
+            [Some(name)] => format!("{} {name}", rule.resource),
+            _ => rule.resource.clone(),
+        };
+        for name in names {
+            for verb in &rule.verbs {
+                let checked = access
+                    .require_one(ns, sa, verb, &rule.group, &rule.resource, name)
+                    .await;
+                match checked {
+                    Ok(()) => match allowed.iter_mut().find(|(r, _)| *r == shown) {
+                        Some((_, verbs)) => verbs.push(verb),
+                        None => allowed.push((shown.clone(), vec![verb])),
+                    },
+                    Err(e @ access::Error::Denied { .. }) => {
+                        report.line(format!("DENIED {verb} {shown}"));
+                        report.block(format!("{e} ({})", rule.why));
+                    }
+                    Err(access::Error::Review(kube::Error::Api(status))) if status.code == 403 => {
+                        report.line(format!(
+                            "not checked: you may not create SubjectAccessReviews ({}), so what {sa} may do is unknown; ask an admin to run wasmop explain, or check its Role",
+                            status.message
+                        ));
+                        report
+                            .unchecked
+                            .push(format!("the permissions of ServiceAccount {ns}/{sa}"));
+                        return;
+                    }
+                    Err(e) => {
+                        report.line(format!("not checked: {e}"));
+                        report
+                            .unchecked
+                            .push(format!("the permissions of ServiceAccount {ns}/{sa}"));
+                        return;
+                    }
+                }
             }
         }
     }
@@ -1093,64 +1094,31 @@ async fn check_access(
     }
 }
 
-/// The permissions a reconcile of the parent needs, possibly repeated: watching the parent and
-/// its children, writing children, status, events and patches, reading the plugin's ConfigMap
-/// and related objects. Without a plan (the plugin failed or did not run), what a typical
-/// answer needs. Related kinds the API server does not serve are left out.
-async fn needed_permissions(
+/// The rules a reconcile of the parent needs: [`rbac::rules`] for the spec, with the kinds
+/// as the API server serves them (the related kinds the parent's references name, the
+/// selector kinds), and `patch` on what the plan's `apply` patches target. Kinds the API
+/// server does not serve are left out (they are reported as blocking elsewhere).
+async fn needed_rules(
     client: &Client,
     wc: &WasmController,
     parent: &ApiResource,
     gathered: &Gathered,
     plan: Option<&plan::Plan>,
-) -> Vec<Need> {
+) -> Vec<rbac::Rule> {
     let spec = &wc.spec;
-    let need = |verb, group: &str, resource: &str| Need {
-        verb,
-        group: group.into(),
-        resource: resource.into(),
-    };
-    let mut needs = Vec::new();
-    for verb in ["get", "list", "watch"] {
-        needs.push(need(verb, &parent.group, &parent.plural));
-    }
-    for (_, r) in &gathered.children.resources {
-        for verb in ["get", "list", "watch", "create", "patch", "delete"] {
-            needs.push(need(verb, &r.group, &r.plural));
-        }
-    }
-    // Without a plan (the plugin failed or did not run), check what a typical answer needs.
-    if plan.is_none_or(|p| p.status.is_some()) {
-        needs.push(need(
-            "patch",
-            &parent.group,
-            &format!("{}/status", parent.plural),
-        ));
-    }
-    if plan.is_some_and(|p| !p.events.is_empty()) {
-        needs.push(need("create", "events.k8s.io", "events"));
-    }
-    let patches_parent = plan.is_some_and(|p| {
-        p.patches
-            .iter()
-            .any(|a| a.target.kind == parent.kind && a.target.api_version == parent.api_version)
-    });
-    if spec.plugin.finalize || patches_parent {
-        needs.push(need("patch", &parent.group, &parent.plural));
-    }
-    if spec.plugin.source.config_map_key().is_some() {
-        needs.push(need("get", "", "configmaps"));
-    }
+    let mut related = Vec::new();
+    let mut resources: Vec<(ObjRef, ApiResource)> = Vec::new();
     for target in &gathered.related.targets {
         let kind = KindRef {
             api_version: target.api_version.clone(),
             kind: target.kind.clone(),
         };
         if let Ok(r) = discover(client, &kind).await {
-            needs.push(need("get", &r.group, &r.plural));
-            if plan.is_some_and(|p| p.patches.iter().any(|a| a.target == *target)) {
-                needs.push(need("patch", &r.group, &r.plural));
-            }
+            related.push(rbac::RelatedKind::Kind {
+                group: r.group.clone(),
+                plural: r.plural.clone(),
+            });
+            resources.push((target.clone(), r));
         }
     }
     for entry in spec.related.iter().filter(|e| e.ref_.is_none()) {
@@ -1164,10 +1132,37 @@ async fn needed_permissions(
             )
             .await
         {
-            needs.push(need("list", &r.group, &r.plural));
+            related.push(rbac::RelatedKind::Kind {
+                group: r.group,
+                plural: r.plural,
+            });
         }
     }
-    needs
+    let kinds = rbac::Kinds {
+        parent: parent.clone(),
+        children: gathered
+            .children
+            .resources
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect(),
+        related,
+    };
+    let mut rules = rbac::rules(spec, &kinds);
+    let patched = plan
+        .map(|p| p.patches.iter().map(|a| &a.target))
+        .into_iter()
+        .flatten();
+    rules.extend(rbac::for_patches(patched, |target| {
+        if target.kind == parent.kind && target.api_version == parent.api_version {
+            return Some(parent.clone());
+        }
+        resources
+            .iter()
+            .find(|(t, _)| t.kind == target.kind && t.api_version == target.api_version)
+            .map(|(_, r)| r.clone())
+    }));
+    rules
 }
 
 #[cfg(test)]

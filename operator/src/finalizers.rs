@@ -19,6 +19,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use crate::api_error::{is_forbidden, readable};
 use crate::controller::{self, Runtime};
 use crate::plan::{Identity, ObjRef};
 
@@ -34,7 +35,7 @@ pub const FINALIZE_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{action} on {target}: {source}")]
+    #[error("{action} on {target}: {}", readable(.source))]
     Write {
         action: &'static str,
         target: ObjRef,
@@ -117,7 +118,7 @@ impl Finalizers {
         };
         let team = match self.apply(&self.team, parent, false).await {
             Ok(()) => return Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 403 => e.message,
+            Err(source) if is_forbidden(&source) => readable(&source).to_string(),
             Err(source) => return Err(write(source)),
         };
         match self.apply(&self.operator, parent, false).await {
@@ -125,12 +126,12 @@ impl Finalizers {
                 tracing::info!(parent = %parent.name_any(), "finalizer removed with the operator's account: the team's account may no longer patch the parent");
                 Ok(())
             }
-            Err(kube::Error::Api(e)) if e.code == 403 => Err(Error::NoOneMayRelease {
+            Err(source) if is_forbidden(&source) => Err(Error::NoOneMayRelease {
                 finalizer: self.identity.finalizer(),
                 target: self.target(parent),
                 resource: self.rbac_resource(),
                 team,
-                operator: e.message,
+                operator: readable(&source).to_string(),
             }),
             Err(source) => Err(write(source)),
         }
@@ -209,15 +210,15 @@ impl<'a> Release<'a> {
         };
         let parents = match list(&f.team).await {
             Ok(list) => list,
-            Err(kube::Error::Api(e)) if e.code == 403 => {
+            Err(e) if is_forbidden(&e) => {
                 list(&f.operator)
                     .await
                     .map_err(|source| Error::NoOneMayRelease {
                         finalizer: f.identity.finalizer(),
                         target: f.named("*"),
                         resource: f.rbac_resource(),
-                        team: e.message,
-                        operator: source.to_string(),
+                        team: readable(&e).to_string(),
+                        operator: readable(&source).to_string(),
                     })?
             }
             Err(source) => {

@@ -21,13 +21,17 @@
 //! - [`related`]: `spec.related`: API-contract references and selectors.
 //! - [`triggers`]: related objects' watches, and the parents a change to one re-reconciles.
 //! - [`access`]: impersonated clients and cached access reviews (least privilege).
+//! - [`rbac`]: the rights a controller's ServiceAccount needs (`wasmop rbac`, checked by explain).
+//! - [`api_error`]: the API server's reason and message as a person reads them.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`crd`]: the WasmController type and its CRD.
 //! - [`eval`]: `wasmop eval`: a plugin run locally against case files (plugin test suites).
 //! - [`graph`]: `wasmop graph`: controllers and the kinds they own, read, patch, finalize.
 //! - [`explain`]: `wasmop explain`: a dry-run reconcile of one live object, and what blocks it.
+//! - [`init`]: `wasmop init`: a plugin project (Rust, Go, TypeScript) with its kit vendored.
 
 pub mod access;
+pub mod api_error;
 pub mod conflicts;
 pub mod controller;
 pub mod crd;
@@ -36,11 +40,13 @@ pub mod execute;
 pub mod explain;
 pub mod finalizers;
 pub mod graph;
+pub mod init;
 pub mod kinds;
 pub mod manager;
 pub mod metrics;
 pub mod plan;
 pub mod plugin;
+pub mod rbac;
 pub mod related;
 pub mod remote;
 pub mod source;

@@ -79,6 +79,14 @@ enum Command {
     Crd,
     /// Print the plugin ABI's JSON Schema.
     Schema,
+    /// Create a plugin project in DIR (Rust, Go or TypeScript) that builds and tests on its own:
+    /// the language kit vendored from this wasmop, a Makefile, fixtures for `wasmop eval
+    /// --test`, the parent CRD, the WasmController and its RBAC. See docs/from-zero.md.
+    Init(InitArgs),
+    /// Print the ServiceAccount, Role and RoleBinding a WasmController's account needs for
+    /// exactly what its spec declares (the rights `wasmop explain` checks). Apply with
+    /// `wasmop rbac -f wasmcontroller.yaml | kubectl apply -f -`.
+    Rbac(RbacArgs),
     /// JavaScript plugins.
     Js {
         #[command(subcommand)]
@@ -180,6 +188,44 @@ enum OciCommand {
         #[arg(long)]
         plain_http: bool,
     },
+}
+
+/// `wasmop init`'s arguments.
+#[derive(clap::Args)]
+struct InitArgs {
+    /// The project directory (created; must be empty). Its name is the controller's.
+    dir: PathBuf,
+    /// The plugin language.
+    #[arg(long, value_parser = ["rust", "go", "ts"])]
+    lang: String,
+    /// The controller's name (default: DIR's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The parent kind (default: the name in UpperCamelCase).
+    #[arg(long)]
+    kind: Option<String>,
+    /// The parent kind's API group.
+    #[arg(long, default_value = "example.com")]
+    group: String,
+    /// The parent kind's version.
+    #[arg(long, default_value = "v1")]
+    version: String,
+    /// A child kind as APIVERSION/KIND, e.g. v1/ConfigMap or apps/v1/Deployment
+    /// (repeatable; default v1/ConfigMap).
+    #[arg(long = "child", value_name = "APIVERSION/KIND")]
+    children: Vec<String>,
+}
+
+/// `wasmop rbac`'s arguments.
+#[derive(clap::Args)]
+struct RbacArgs {
+    /// A YAML file with one or more WasmControllers (other documents are skipped).
+    #[arg(short, long, value_name = "FILE")]
+    file: PathBuf,
+    /// Namespace of the printed objects (default: the WasmController's, else none, for
+    /// `kubectl apply -n`).
+    #[arg(short, long)]
+    namespace: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -377,6 +423,8 @@ async fn main() -> anyhow::Result<()> {
                     wasm_opt,
                 },
         } => js_build(&source, &output, &runtime, wasm_opt).await,
+        Command::Init(args) => init_project(args),
+        Command::Rbac(args) => print_rbac(&args),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&wasmop_abi::schema())?);
             Ok(())
@@ -449,6 +497,43 @@ async fn main() -> anyhow::Result<()> {
             wasmop::graph::graph(&opts, &mut std::io::stdout().lock()).await
         }
     }
+}
+
+/// `wasmop init`: writes the project and lists its files; exit 2 with the reason otherwise.
+fn init_project(args: InitArgs) -> anyhow::Result<()> {
+    let opts = wasmop::init::Options {
+        lang: wasmop::init::Lang::parse(&args.lang)?,
+        dir: args.dir,
+        name: args.name,
+        kind: args.kind,
+        group: args.group,
+        version: args.version,
+        children: args.children,
+    };
+    match wasmop::init::init(&opts) {
+        Ok(files) => {
+            for file in files {
+                println!("wrote {}", opts.dir.join(file).display());
+            }
+            print!("{}", wasmop::init::next_steps(&opts));
+            Ok(())
+        }
+        Err(e) => exit_with::<wasmop::init::Error>(Err(e)),
+    }
+}
+
+/// `wasmop rbac`: the RBAC of every WasmController in the file; exit 2 with the reason otherwise.
+fn print_rbac(args: &RbacArgs) -> anyhow::Result<()> {
+    let controllers = match wasmop::rbac::read_controllers(&args.file) {
+        Ok(c) => c,
+        Err(e) => exit_with::<wasmop::rbac::Error>(Err(e)),
+    };
+    let docs: Vec<String> = controllers
+        .iter()
+        .map(|wc| wasmop::rbac::role_yaml(wc, args.namespace.as_deref()))
+        .collect();
+    print!("{}", docs.join("---\n"));
+    Ok(())
 }
 
 /// `wasmop js build`: pre-initialises a JavaScript plugin into a wasm module.

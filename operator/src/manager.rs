@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT};
 
 use crate::access::{self, Access};
+use crate::api_error::readable;
 use crate::conflicts::Board;
 use crate::controller::{self, ChildKind, Runtime};
 use crate::crd::{
@@ -71,7 +72,7 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "{field}: {kind} is not served by the API server: install its CRD or fix {field} ({source})"
+        "{field}: {kind} is not served by the API server: install its CRD or fix {field} ({})", readable(.source)
     )]
     KindNotServed {
         field: String,
@@ -99,7 +100,7 @@ pub enum Error {
     Watch(#[from] watches::Error),
     #[error(transparent)]
     Release(#[from] finalizers::Error),
-    #[error("{} the WasmController's own finalizer: {source}", if *present { "adding" } else { "removing" })]
+    #[error("{} the WasmController's own finalizer: {}", if *present { "adding" } else { "removing" }, readable(.source))]
     OwnFinalizer {
         present: bool,
         #[source]
@@ -197,6 +198,7 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: impl Futur
             }
             Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
             Some(Err(error)) => {
+                let error = crate::api_error::readable_watch(&error);
                 tracing::warn!(%error, "WasmController watch error; retrying with backoff");
                 continue;
             }
@@ -328,7 +330,7 @@ async fn slot(
         )
         .await
         {
-            tracing::warn!(parent: &slot.span, %error, "could not update WasmController status");
+            tracing::warn!(parent: &slot.span, error = %readable(&error), "could not update WasmController status");
         }
         if let Some(after) = throttle_recheck(slot.running.as_ref()) {
             let again = slot.signals.clone();
@@ -469,7 +471,7 @@ impl Slot {
             Err(error) => {
                 let status = write_ready(&self.ctx, wc, error.reason(), &error.to_string()).await;
                 if let Err(e) = status {
-                    tracing::warn!(parent: &self.span, error = %e, "could not update WasmController status");
+                    tracing::warn!(parent: &self.span, error = %readable(&e), "could not update WasmController status");
                 }
                 self.retry_later(error);
                 false
@@ -525,7 +527,7 @@ async fn release(
                 release.total, wc.spec.parent.kind
             );
             if let Err(error) = write_ready(ctx, wc, "Releasing", &message).await {
-                tracing::warn!(%error, "could not update WasmController status");
+                tracing::warn!(error = %readable(&error), "could not update WasmController status");
             }
         }
         if left == 0 {
@@ -799,7 +801,9 @@ fn watch_source(
                     }
                 }
                 Ok(_) => {}
-                Err(error) => tracing::debug!(%error, "plugin ConfigMap watch error; retrying"),
+                Err(error) => {
+                    tracing::debug!(error = %crate::api_error::readable_watch(&error), "plugin ConfigMap watch error; retrying")
+                }
             }
         }
     });

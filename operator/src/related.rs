@@ -13,6 +13,7 @@ use kube::{Api, Client};
 use serde_json::Value;
 use wasmop_abi::Related;
 
+use crate::api_error::readable;
 use crate::crd::RelatedSpec;
 use crate::plan::ObjRef;
 
@@ -47,14 +48,14 @@ pub enum Error {
         found: String,
         namespace: String,
     },
-    #[error("spec.related[{name}]: kind {gvk} is not served by the API server: {source}")]
+    #[error("spec.related[{name}]: kind {gvk} is not served by the API server: {}", readable(.source))]
     Discovery {
         name: String,
         gvk: String,
         #[source]
         source: kube::Error,
     },
-    #[error("spec.related[{name}]: reading {what}: {source}")]
+    #[error("spec.related[{name}]: reading {what}: {}", readable(.source))]
     Read {
         name: String,
         what: String,

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 
+use crate::api_error::readable;
 use crate::crd::{ConfigMapKey, PluginSource};
 
 /// Decompressed plugins larger than this are refused (a zip bomb must not take the operator down).
@@ -39,7 +40,7 @@ pub enum Error {
         key: String,
         keys: String,
     },
-    #[error("reading ConfigMap {namespace}/{name} as the controller's service account: {source}")]
+    #[error("reading ConfigMap {namespace}/{name} as the controller's service account: {}", readable(.source))]
     ConfigMapRead {
         namespace: String,
         name: String,

@@ -327,3 +327,227 @@ subjects: [ { kind: ServiceAccount, name: viewer } ]
     );
     Ok(())
 }
+
+/// The sample Role with one rule's verbs replaced (`resources: [what]` → `verbs: [verbs]`);
+/// fails when the rule is not there, so the test cannot pass on an unchanged Role.
+fn sample_rbac_with(resources_line: &str, old_verbs: &str, new_verbs: &str) -> Result<String> {
+    let sample = sample_rbac()?;
+    let start = sample
+        .find(resources_line)
+        .ok_or_else(|| anyhow!("{resources_line} not in the sample Role"))?;
+    let (head, tail) = sample.split_at(start);
+    let changed = tail.replacen(old_verbs, new_verbs, 1);
+    if changed == tail {
+        return Err(anyhow!("{old_verbs} not after {resources_line}"));
+    }
+    Ok(format!("{head}{changed}"))
+}
+
+#[tokio::test]
+async fn explain_reports_events_that_may_be_created_but_not_patched() -> Result<()> {
+    let (cp, op) = setup().await?;
+    let client = cp.client().await?;
+    // A repeated event is a patch of the first one (its count grows): create alone is not enough.
+    let rbac = sample_rbac_with(
+        "resources: [events]",
+        "verbs: [create, patch]",
+        "verbs: [create]",
+    )?;
+    let ns = namespace_with(cp, &client, "explain-events", &rbac).await?;
+    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
+    apply_controller(
+        &client,
+        &ns,
+        "website",
+        "website-plugin",
+        json!({"replicas": 2}),
+        json!({}),
+    )
+    .await?;
+    wait_ready(&client, &ns, "website", op).await?;
+    create_website(&client, &ns, "site", json!({})).await?;
+
+    let out = explain(cp, "website/site", &ns).await?;
+    assert_eq!(out.code, Some(1), "a missing verb blocks: {out}");
+    assert!(out.stdout.contains("DENIED patch events"), "{out}");
+    assert!(out.stdout.contains("allowed events: create"), "{out}");
+    let blocking = out
+        .stdout
+        .split("\nBlocking:\n")
+        .nth(1)
+        .ok_or_else(|| anyhow!("no Blocking: list: {out}"))?;
+    assert!(
+        blocking.contains(&format!(
+            "ServiceAccount {ns}/website-controller may not patch events in namespace {ns}"
+        )) && blocking.contains("apiGroups [\"events.k8s.io\"]"),
+        "{out}"
+    );
+    assert!(!out.stdout.contains("Nothing blocks progress"), "{out}");
+    Ok(())
+}
+
+/// Events (events.k8s.io/v1) in `ns` with `reason`: their notes.
+async fn event_notes(client: &Client, ns: &str, reason: &str) -> Result<Vec<String>> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.note)
+        .collect())
+}
+
+#[tokio::test]
+async fn a_forbidden_write_shows_the_api_servers_message_not_a_debug_dump() -> Result<()> {
+    let (cp, op) = setup().await?;
+    let client = cp.client().await?;
+    // The account may do everything with ConfigMaps but create them.
+    let rbac = sample_rbac_with(
+        "resources: [configmaps]",
+        "verbs: [get, list, watch, create, patch, delete]",
+        "verbs: [get, list, watch, patch, delete]",
+    )?;
+    let ns = namespace_with(cp, &client, "forbidden-write", &rbac).await?;
+    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
+    apply_controller(
+        &client,
+        &ns,
+        "website",
+        "website-plugin",
+        json!({"replicas": 2}),
+        json!({}),
+    )
+    .await?;
+    wait_ready(&client, &ns, "website", op).await?;
+    create_website(&client, &ns, "site", json!({"content": "<p>x</p>"})).await?;
+
+    let server_says = format!(
+        "Forbidden: configmaps is forbidden: User \"system:serviceaccount:{ns}:website-controller\" cannot create resource \"configmaps\" in API group \"\" in the namespace \"{ns}\""
+    );
+    let no_dump = |text: &str| {
+        !text.contains("Status {") && !text.contains("Some(Failure)") && !text.contains("ApiError")
+    };
+    // The WasmController's Degraded condition.
+    let (_, reason, message) = eventually(WAIT, "Degraded=True", || async {
+        Ok(condition(&client, &ns, "website", "Degraded")
+            .await?
+            .filter(|(s, _, _)| s == "True"))
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(30)))?;
+    assert_eq!(reason, "WriteRejected", "{message}");
+    assert!(message.contains(&server_says), "{message}");
+    assert!(no_dump(&message), "{message}");
+    // The Warning Event on the parent.
+    let notes = eventually(WAIT, "a WriteRejected event", || async {
+        let notes = event_notes(&client, &ns, "WriteRejected").await?;
+        Ok((!notes.is_empty()).then_some(notes))
+    })
+    .await?;
+    assert!(
+        notes.iter().all(|n| n.contains(&server_says) && no_dump(n)),
+        "{notes:?}"
+    );
+    // The operator's log line for this namespace.
+    let log = std::fs::read_to_string(&op.log)?;
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&ns) && l.contains("WriteRejected"))
+        .collect();
+    assert!(!lines.is_empty(), "no log line for {ns}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("cannot create resource") && no_dump(l)),
+        "{lines:#?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_role_wasmop_rbac_prints_is_enough_and_explain_agrees() -> Result<()> {
+    let (cp, op) = setup().await?;
+    let client = cp.client().await?;
+    let ns = localcp::create_test_namespace(&client, "rbac-printed").await?;
+    // Secrets, not ConfigMaps, are the children: the plugin's ConfigMap is granted by name only.
+    let controller = format!(
+        r#"apiVersion: wasmop.dev/v1alpha1
+kind: WasmController
+metadata: {{ name: tokens, namespace: {ns} }}
+spec:
+  parent: {{ apiVersion: example.com/v1, kind: Website }}
+  children: [ {{ apiVersion: v1, kind: Secret }} ]
+  plugin:
+    source: {{ configMap: {{ name: misbehave, key: plugin.wasm }} }}
+    config:
+      mode: config
+      children: [ {{ apiVersion: v1, kind: Secret, metadata: {{ name: "{{parent}}-token" }}, stringData: {{ token: t }} }} ]
+  serviceAccountName: tokens
+"#
+    );
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.yaml"));
+    std::fs::write(&file, &controller)?;
+    let printed = tokio::process::Command::new(wasmop_e2e::wasmop_bin()?)
+        .arg("rbac")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .await?;
+    assert!(printed.status.success(), "{printed:?}");
+    let role = String::from_utf8(printed.stdout)?;
+    assert!(
+        role.contains("resourceNames: [misbehave]")
+            && !role.contains("resources: [configmaps]\n    verbs: [get, list, watch, create"),
+        "{role}"
+    );
+    wasmop_e2e::kubectl_stdin(cp, &["apply", "-f", "-"], Some(&role))?;
+    put_plugin(&client, &ns, "misbehave", plugin("misbehave")).await?;
+    wasmop_e2e::kubectl_stdin(cp, &["apply", "-f", "-"], Some(&controller))?;
+    wait_ready(&client, &ns, "tokens", op).await?;
+    create_website(&client, &ns, "site", json!({})).await?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    eventually(WAIT, "the Secret child", || async {
+        Ok(secrets.get_opt("site-token").await?)
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(30)))?;
+
+    // explain checks the same list: nothing it needs is missing.
+    let last = std::sync::Mutex::new(String::new());
+    eventually(WAIT, "explain: nothing blocks", || async {
+        let out = explain(cp, "website/site", &ns).await?;
+        *last.lock().unwrap() = out.to_string();
+        Ok((out.code == Some(0)).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\nlast explain:\n{}", last.lock().unwrap()))?;
+    let out = last.lock().unwrap().clone();
+    assert!(
+        out.contains("Nothing blocks progress") && !out.contains("DENIED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("allowed configmaps misbehave: get, list, watch"),
+        "{out}"
+    );
+
+    // The plugin ConfigMap is watched by name with only that grant: a new version loads. The
+    // same module with a custom section appended (other bytes, same behaviour), gzipped.
+    let controllers: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &wasmcontroller_resource());
+    let first = controllers.get("tokens").await?.data["status"]["plugin"]["sha256"].clone();
+    let mut wasm = plugin("misbehave");
+    wasm.extend_from_slice(&[0, 5, 4, b'n', b'o', b't', b'e']);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &wasm)?;
+    put_plugin(&client, &ns, "misbehave", gz.finish()?).await?;
+    eventually(WAIT, "the new plugin loaded", || async {
+        let plugin = &controllers.get("tokens").await?.data["status"]["plugin"];
+        Ok((plugin["encoding"] == "gzip" && plugin["sha256"] != first).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(30)))?;
+    Ok(())
+}
