@@ -369,46 +369,67 @@ pub async fn pull_oci(
 }
 
 /// `wasmop oci push`: pushes `wasm` to `reference` in the Wasm OCI artifact layout (config
-/// `application/vnd.wasm.config.v0+json`, one `application/wasm` layer), anonymously.
-/// Returns `registry/repository@sha256:<manifest digest>`, what `spec.plugin.source.oci.image`
-/// takes.
+/// `application/vnd.wasm.config.v0+json`, one `application/wasm` layer), anonymously, with
+/// the distribution API's two-step blob upload (POST, then PUT with the digest), which every
+/// registry takes. Returns `registry/repository@sha256:<manifest digest>`, what
+/// `spec.plugin.source.oci.image` takes: the digest of exactly the manifest bytes sent.
 ///
 /// # Errors
 /// The reference does not parse, or the registry refuses the push.
 pub async fn push(reference: &str, wasm: Vec<u8>, plain_http: bool) -> anyhow::Result<String> {
     let reference: Reference = reference.parse()?;
-    let client = OciClient::new(ClientConfig {
-        protocol: if plain_http {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        },
-        ..ClientConfig::default()
-    });
-    let layer_digest = format!("sha256:{}", hex::encode(Sha256::digest(&wasm)));
-    let config = serde_json::json!({
+    let scheme = if plain_http { "http" } else { "https" };
+    let base = format!("{scheme}://{}", reference.resolve_registry());
+    let repo = reference.repository();
+    let http = reqwest::Client::builder().timeout(FETCH_TIMEOUT).build()?;
+    let digest = |bytes: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+    let layer_digest = digest(&wasm);
+    let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "wasm",
         "os": "wasip1",
         "layerDigests": [layer_digest],
-    });
-    let config =
-        oci_client::client::Config::new(serde_json::to_vec(&config)?, WASM_CONFIG.into(), None);
-    let layer = oci_client::client::ImageLayer::new(wasm, WASM_LAYER.into(), None);
-    client
-        .push(&reference, &[layer], config, &RegistryAuth::Anonymous, None)
-        .await?;
-    let (raw, _) = client
-        .pull_manifest_raw(
-            &reference,
-            &RegistryAuth::Anonymous,
-            &[oci_client::manifest::OCI_IMAGE_MEDIA_TYPE],
+    }))?;
+    let descriptor = |media_type: &str, bytes: &[u8]| serde_json::json!({"mediaType": media_type, "digest": digest(bytes), "size": bytes.len()});
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+        "config": descriptor(WASM_CONFIG, &config),
+        "layers": [descriptor(WASM_LAYER, &wasm)],
+    }))?;
+    for blob in [config, wasm] {
+        let started = http
+            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await?
+            .error_for_status()?;
+        let location = started
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .ok_or_else(|| anyhow::anyhow!("{base}: the upload has no Location"))?;
+        let mut url = reqwest::Url::parse(&base)?.join(location)?;
+        url.query_pairs_mut().append_pair("digest", &digest(&blob));
+        http.put(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(blob)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    let tag = reference.tag().unwrap_or("latest");
+    http.put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
         )
-        .await?;
+        .body(manifest.clone())
+        .send()
+        .await?
+        .error_for_status()?;
     Ok(format!(
-        "{}/{}@sha256:{}",
+        "{}/{repo}@{}",
         reference.registry(),
-        reference.repository(),
-        hex::encode(Sha256::digest(&raw))
+        digest(&manifest)
     ))
 }
 

@@ -175,6 +175,11 @@ fn run_args(port: u16, dir: &Path, kubeconfig: &Path) -> Vec<String> {
         // a budget that never bites here (the budget itself is tested in plugin_host.rs).
         "--plugin-memory-budget-mib".into(),
         "65536".into(),
+        // url and oci plugin sources from the tests' own servers on loopback (plain HTTP).
+        "--plugin-host".into(),
+        "127.0.0.1".into(),
+        "--insecure-plugin-host".into(),
+        "127.0.0.1".into(),
     ]
 }
 
