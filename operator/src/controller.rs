@@ -733,7 +733,7 @@ async fn require_read_access(rt: &Runtime) -> Result<()> {
         .require(
             &rt.namespace,
             &rt.spec.service_account_name,
-            &["get", "list", "watch"],
+            crate::rbac::PARENT, // what the watches of the parent and child kinds need
             &readable,
         )
         .await?;

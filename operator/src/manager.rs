@@ -629,7 +629,7 @@ async fn prepare(
         .require(
             &ns,
             &spec.service_account_name,
-            &["get", "list", "watch"],
+            crate::rbac::PARENT, // what the watches of the parent and child kinds need
             &readable,
         )
         .await?;

@@ -439,6 +439,13 @@ fn plan_patches(
             );
             continue;
         }
+        if body.get("status").is_some() && target == *parent {
+            bad(
+                format!("{path}.status"),
+                "set the parent's status with the top-level `status` field instead".into(),
+            );
+            continue;
+        }
         if let Some((_, first)) = seen.iter().find(|(t, _)| *t == target) {
             bad(
                 path,
@@ -446,13 +453,6 @@ fn plan_patches(
                     "{} {} is already patched by apply[{first}]: merge them into one patch (with one field manager, a second patch to an object replaces the first)",
                     target.kind, target.name
                 ),
-            );
-            continue;
-        }
-        if body.get("status").is_some() && target == *parent {
-            bad(
-                format!("{path}.status"),
-                "set the parent's status with the top-level `status` field instead".into(),
             );
             continue;
         }

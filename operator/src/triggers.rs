@@ -199,7 +199,7 @@ impl Tracker {
             .require(
                 &self.namespace,
                 &self.service_account,
-                &["get", "list", "watch"],
+                crate::rbac::RELATED,
                 &[(resource.group.clone(), resource.plural.clone())],
             )
             .await

@@ -735,7 +735,18 @@ fn valid_response() -> BoxedStrategy<Valid> {
     let status = prop::option::of(prop::collection::vec((key(), json()), 0..4).prop_map(object));
     (
         children,
-        prop::collection::vec(valid_patch(), 0..3),
+        // One patch per target: a second patch to an object is refused (it would replace the
+        // first under the one patch field manager).
+        prop::collection::vec(valid_patch(), 0..3).prop_map(|mut patches| {
+            let mut seen = Vec::new();
+            patches.retain(|p| {
+                let target = (p["kind"].clone(), p["metadata"]["name"].clone());
+                let first = !seen.contains(&target);
+                seen.push(target);
+                first
+            });
+            patches
+        }),
         prop::collection::vec(valid_event(), 0..3),
         status,
         prop::option::of(any::<u64>()),
