@@ -315,6 +315,7 @@ async fn slot(
         {
             tracing::warn!(parent: &slot.span, %error, "could not update WasmController status");
         }
+        slot.record_health();
         if let Some(after) = throttle_recheck(slot.running.as_ref()) {
             let again = slot.signals.clone();
             let timer = tokio::spawn(async move {
@@ -327,10 +328,35 @@ async fn slot(
         }
     }
     health_forward.abort();
+    let (label, metrics) = (
+        format!("{}/{}", slot.ns, slot.name),
+        slot.ctx.metrics.clone(),
+    );
     slot.shutdown().await;
+    let _ = metrics.controller_ready.remove_label_values(&[&label]);
+    let _ = metrics.parents_failing.remove_label_values(&[&label]);
 }
 
 impl Slot {
+    /// `wasmop_controller_ready` and `wasmop_parents_failing`: what the `Ready` and `Degraded`
+    /// conditions say, for alerts.
+    fn record_health(&self) {
+        let label = format!("{}/{}", self.ns, self.name);
+        let failing = self
+            .running
+            .as_ref()
+            .map_or(0, |r| r.runtime.failures.lock().unwrap().len());
+        let metrics = &self.ctx.metrics;
+        metrics
+            .controller_ready
+            .with_label_values(&[&label])
+            .set(i64::from(self.running.is_some()));
+        metrics
+            .parents_failing
+            .with_label_values(&[&label])
+            .set(i64::try_from(failing).unwrap_or(i64::MAX));
+    }
+
     /// Brings what runs in line with `wc`: its finalizer, the controller, the source watch.
     async fn sync(&mut self, wc: &WasmController) {
         let holds = wc
@@ -672,7 +698,7 @@ async fn prepare(
     ));
     let label = format!("{ns}/{}", wc.name_any());
     ctx.metrics
-        .plugins_loaded
+        .plugin_info
         .with_label_values(&[&label, &plugin.sha256])
         .set(1);
     ctx.metrics.controllers.inc();
@@ -727,7 +753,7 @@ async fn stop(ctx: &Context, old: Running) {
     let label = format!("{}/{}", old.runtime.namespace, old.runtime.name);
     let _ = ctx
         .metrics
-        .plugins_loaded
+        .plugin_info
         .remove_label_values(&[&label, &old.runtime.plugin.sha256]);
     ctx.metrics.controllers.dec();
 }
