@@ -346,6 +346,89 @@ mod tests {
         assert!(PLUGIN_CALL_BUCKETS.is_sorted() && RECONCILE_BUCKETS.is_sorted());
     }
 
+    /// Every metric family the operator exports (counters, gauges and histograms alike).
+    fn families(m: &Metrics) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: Vec<&dyn Collector> = vec![
+            &m.reconciles,
+            &m.reconcile_seconds,
+            &m.plugin_call_seconds,
+            &m.plugin_failures,
+            &m.applies,
+            &m.applies_skipped,
+            &m.prunes,
+            &m.controllers,
+            &m.plugin_info,
+            &m.controller_ready,
+            &m.parents_failing,
+            &m.plugin_memory_reserved_bytes,
+            &m.plugin_memory_budget_bytes,
+            &m.plugin_calls_running,
+            &m.plugin_call_slots,
+            &m.leader,
+            &m.watches,
+            &m.cached_objects,
+            &m.watch_errors,
+            &m.reconciles_throttled,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| {
+                c.desc()
+                    .into_iter()
+                    .map(|d| format!("wasmop_{}", d.fq_name))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn alerts_dashboard_and_docs_name_only_metrics_that_exist() {
+        let known = families(&Metrics::new());
+        let sources = [
+            (
+                "alerts",
+                include_str!("../../deploy/chart/wasmop/files/alerts.yaml"),
+            ),
+            (
+                "dashboard",
+                include_str!("../../deploy/dashboards/wasmop.json"),
+            ),
+            (
+                "docs/operations.md",
+                include_str!("../../docs/operations.md"),
+            ),
+        ];
+        for (what, text) in sources {
+            let mut used = 0;
+            for (i, _) in text.match_indices("wasmop_") {
+                let name: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let family = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                if name == "wasmop_" || family.starts_with("wasmop_e2e") {
+                    continue;
+                }
+                used += 1;
+                assert!(
+                    known.iter().any(|k| k == family),
+                    "{what} names {name}, which the operator does not export"
+                );
+            }
+            assert!(used > 5, "{what} names only {used} metrics");
+        }
+        // And every metric is documented.
+        for name in &known {
+            assert!(
+                sources[2].1.contains(&format!("`{name}`")),
+                "docs/operations.md does not list `{name}`"
+            );
+        }
+    }
+
     #[test]
     fn names_follow_prometheus_conventions() {
         let m = Metrics::new();

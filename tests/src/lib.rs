@@ -135,6 +135,8 @@ pub async fn operator_account(
         serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig())?)?;
     config["users"] = serde_json::json!([{"name": "wasmop", "user": {"token": token.trim()}}]);
     config["contexts"][0]["context"]["user"] = serde_json::json!("wasmop");
+    // Its own namespace is the default one, as in a Pod (where its leader Lease lives).
+    config["contexts"][0]["context"]["namespace"] = serde_json::json!(ns);
     let path = tempdir("wasmop-account")?.join("kubeconfig");
     std::fs::write(&path, serde_yaml::to_string(&config)?)?;
     Ok(path)
@@ -420,6 +422,15 @@ impl RestartableOperator {
     /// # Errors
     /// It cannot be started or does not become ready (the error has its log's tail).
     pub async fn start(kubeconfig: &Path) -> Result<Self> {
+        Self::start_with(kubeconfig, &[]).await
+    }
+
+    /// [`RestartableOperator::start`] with extra `wasmop run` arguments (e.g. `--leader-elect`),
+    /// kept for every restart.
+    ///
+    /// # Errors
+    /// As [`RestartableOperator::start`].
+    pub async fn start_with(kubeconfig: &Path, extra: &[&str]) -> Result<Self> {
         let bin = wasmop_bin()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -443,7 +454,8 @@ impl RestartableOperator {
         std::fs::copy(&bin, &copy)
             .with_context(|| format!("copying {} to {}", bin.display(), copy.display()))?;
         let bin = copy;
-        let args = run_args(port, &dir, kubeconfig);
+        let mut args = run_args(port, &dir, kubeconfig);
+        args.extend(extra.iter().map(|a| (*a).to_string()));
         let op = Self {
             metrics_url: format!("http://127.0.0.1:{port}"),
             log: dir.join("wasmop.log"),
