@@ -1,0 +1,371 @@
+//! `deploy/`: the Helm chart lints and renders what the issue asks for, the committed manifests
+//! are a fresh render, they apply server-side to the real control plane, and wasmop running
+//! out of cluster with a token of the chart's own ServiceAccount (not the admin), with the
+//! chart's flags, reconciles the Website sample. The alerts pass `promtool check rules` and
+//! `promtool test rules`. helm and promtool are the pinned ones (`hack/tools.sh`).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use serde_json::{Value, json};
+use wasmop_e2e::website::{WAIT, apply_controller, create_website, put_plugin, team_namespace};
+use wasmop_e2e::{
+    RestartableOperator, account_kubeconfig, cluster, eventually, kubectl, plugin, root, tool,
+    wait_aggregated,
+};
+
+const CHART: &str = "deploy/chart/wasmop";
+
+/// Runs a tool in the workspace root; fails with its output.
+fn run(bin: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("{} {} failed:\n{text}", bin.display(), args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `helm template` of the chart (release wasmop in wasmop-system) with `sets`, as documents.
+fn render(sets: &[&str]) -> Result<Vec<Value>> {
+    let mut args = vec![
+        "template",
+        "wasmop",
+        CHART,
+        "--namespace",
+        "wasmop-system",
+        "--kube-version",
+        "1.36.0",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let text = run(&tool("helm")?, &args)?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
+    docs.iter().find(|d| d["kind"] == kind)
+}
+
+#[test]
+fn chart_lints_clean() -> Result<()> {
+    let out = run(&tool("helm")?, &["lint", "--strict", CHART])?;
+    assert!(
+        out.contains("1 chart(s) linted, 0 chart(s) failed"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+        "{out}"
+    );
+    Ok(())
+}
+
+/// Every key of values.yaml has a `# --` comment and a row in the chart README's table, and
+/// the table names no key that does not exist.
+#[test]
+fn every_chart_value_is_documented() -> Result<()> {
+    let chart = root().join(CHART);
+    let values = std::fs::read_to_string(chart.join("values.yaml"))?;
+    let readme = std::fs::read_to_string(chart.join("README.md"))?;
+    let mut path: Vec<(usize, String)> = Vec::new();
+    let (mut keys, mut parents) = (BTreeSet::new(), BTreeSet::new());
+    let mut commented = false;
+    for line in values.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim();
+        if trimmed.starts_with("# --") {
+            commented = true;
+            continue;
+        }
+        if trimmed.starts_with('#') || trimmed.is_empty() || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, rest)) = trimmed.split_once(':') else {
+            continue;
+        };
+        if key.contains(' ') {
+            continue; // inside a value (e.g. a map written out under resources)
+        }
+        path.retain(|(i, _)| *i < indent);
+        let full = path
+            .iter()
+            .map(|(_, k)| k.as_str())
+            .chain([key])
+            .collect::<Vec<_>>()
+            .join(".");
+        let documented_parent = path.iter().any(|(_, k)| {
+            keys.contains(k) || keys.iter().any(|d: &String| d.ends_with(&format!(".{k}")))
+        });
+        if commented {
+            keys.insert(full.clone());
+        } else if rest.trim().is_empty() && !documented_parent {
+            parents.insert(full.clone());
+        } else if !documented_parent {
+            bail!("values.yaml: `{full}` has no `# --` comment above it");
+        }
+        commented = false;
+        path.push((indent, key.to_string()));
+    }
+    let table: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("| `")?
+                .split_once('`')
+                .map(|(k, _)| k.to_string())
+        })
+        .collect();
+    assert_eq!(
+        keys, table,
+        "values.yaml's documented keys and the README table differ"
+    );
+    assert!(keys.len() > 30, "only {} keys found: {keys:?}", keys.len());
+    Ok(())
+}
+
+#[test]
+fn committed_manifests_and_operator_rbac_are_a_fresh_render() -> Result<()> {
+    let out = Command::new("bash")
+        .arg(root().join("hack/render-deploy.sh"))
+        .arg("--check")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn chart_renders_a_hardened_operator_with_opt_in_monitoring() -> Result<()> {
+    let docs = render(&[])?;
+    let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
+    }
+    for kind in ["ServiceMonitor", "PrometheusRule", "Namespace"] {
+        assert!(!kinds.contains(kind), "{kind} is opt-in");
+    }
+    let deploy = find(&docs, "Deployment").context("Deployment")?;
+    let pod = &deploy["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    for (what, value) in [
+        ("requests.cpu", &c["resources"]["requests"]["cpu"]),
+        ("requests.memory", &c["resources"]["requests"]["memory"]),
+        ("limits.memory", &c["resources"]["limits"]["memory"]),
+    ] {
+        assert!(value.is_string(), "resources.{what} missing");
+    }
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .context("args")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for arg in [
+        "--leader-elect",
+        "--metrics-addr=0.0.0.0:8080",
+        "--cache-dir=/var/cache/wasmop/plugins",
+    ] {
+        assert!(args.contains(&arg), "{arg} not in {args:?}");
+    }
+    let cache = pod["volumes"]
+        .as_array()
+        .context("volumes")?
+        .iter()
+        .find(|v| v["name"] == "plugin-cache")
+        .context("plugin-cache volume")?;
+    assert!(cache["emptyDir"].is_object());
+    assert_eq!(
+        find(&docs, "PodDisruptionBudget").unwrap()["spec"]["minAvailable"],
+        1
+    );
+
+    // Opt-in monitoring: the PrometheusRule carries exactly files/alerts.yaml.
+    let docs = render(&["serviceMonitor.enabled=true", "prometheusRule.enabled=true"])?;
+    let monitor = find(&docs, "ServiceMonitor").context("ServiceMonitor")?;
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    let rule = find(&docs, "PrometheusRule").context("PrometheusRule")?;
+    let alerts: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        root().join(CHART).join("files/alerts.yaml"),
+    )?)?;
+    assert_eq!(rule["spec"]["groups"], alerts["groups"]);
+
+    // One replica: no PodDisruptionBudget (it would block every drain).
+    let docs = render(&["replicaCount=1"])?;
+    assert!(find(&docs, "PodDisruptionBudget").is_none());
+    Ok(())
+}
+
+#[test]
+fn alerts_pass_promtool_check_and_unit_tests() -> Result<()> {
+    let promtool = tool("promtool")?;
+    let out = run(
+        &promtool,
+        &["check", "rules", "deploy/chart/wasmop/files/alerts.yaml"],
+    )?;
+    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    let out = run(
+        &promtool,
+        &["test", "rules", "deploy/tests/alerts_test.yaml"],
+    )?;
+    assert!(out.contains("SUCCESS"), "{out}");
+    Ok(())
+}
+
+/// The manifests apply server-side as they are; wasmop then runs as the chart's ServiceAccount
+/// (a token of `wasmop-system/wasmop`), with the chart's arguments (leader election included),
+/// and reconciles the Website sample; `/metrics` shows it.
+#[tokio::test]
+async fn manifests_apply_server_side_and_the_charts_account_reconciles_a_website() -> Result<()> {
+    let cp = cluster().await?;
+    let client = cp.client().await?;
+    let manifests = root().join("deploy/manifests/wasmop.yaml");
+    let out = kubectl(
+        cp,
+        &["apply", "--server-side", "-f", &manifests.to_string_lossy()],
+    )?;
+    for made in [
+        "namespace/wasmop-system serverside-applied",
+        "deployment.apps/wasmop serverside-applied",
+        "clusterrole.rbac.authorization.k8s.io/wasmop serverside-applied",
+        "role.rbac.authorization.k8s.io/wasmop-leader-election serverside-applied",
+        "poddisruptionbudget.policy/wasmop serverside-applied",
+    ] {
+        assert!(out.contains(made), "{made} not in:\n{out}");
+    }
+    let deploy: Api<Deployment> = Api::namespaced(client.clone(), "wasmop-system");
+    assert_eq!(deploy.get("wasmop").await?.spec.unwrap().replicas, Some(2));
+
+    kubectl(
+        cp,
+        &[
+            "apply",
+            "-f",
+            &root()
+                .join("samples/website/operator-rbac.yaml")
+                .to_string_lossy(),
+        ],
+    )?;
+    wait_aggregated(&client, "wasmop-release-finalizers").await?;
+    let kubeconfig = account_kubeconfig(cp, "wasmop-system", "wasmop")?;
+    // Not the admin: the account may not, e.g., list Secrets (`can-i` exits 1 and says no).
+    let can_i = Command::new(cp.kubectl_path())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["auth", "can-i", "list", "secrets", "--all-namespaces"])
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&can_i.stdout).trim(), "no");
+    let args = chart_run_args()?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let op = RestartableOperator::start_with(&kubeconfig, &args).await?;
+
+    let ns = team_namespace(cp, &client, "deploy").await?;
+    put_plugin(&client, &ns, "website", plugin("website-rust")).await?;
+    apply_controller(&client, &ns, "website", "website", json!({}), json!({})).await?;
+    create_website(
+        &client,
+        &ns,
+        "home",
+        json!({"content": "hello from the chart"}),
+    )
+    .await?;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    eventually(WAIT, "the Website's ConfigMap and Deployment", || async {
+        let page = configmaps
+            .get_opt("home-content")
+            .await?
+            .and_then(|cm| cm.data?.get("index.html").cloned());
+        let made = deployments.get_opt("home").await?.is_some();
+        Ok((page.as_deref() == Some("hello from the chart") && made).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", op.log_tail(30)))?;
+
+    let label = format!("{ns}/website");
+    let metrics = op.metrics().await?;
+    let m = |name: &str, labels: &[(&str, &str)]| wasmop_e2e::metric_in(&metrics, name, labels);
+    assert_eq!(m("wasmop_leader", &[]), 1.0, "{metrics}");
+    assert!(
+        m(
+            "wasmop_reconciles_total",
+            &[("controller", &label), ("result", "success")]
+        ) >= 1.0
+    );
+    assert_eq!(m("wasmop_plugin_info", &[("controller", &label)]), 1.0);
+    assert_eq!(m("wasmop_controller_ready", &[("controller", &label)]), 1.0);
+    assert!(m("wasmop_plugin_memory_budget_bytes", &[]) > 0.0);
+    let lease = kubectl(
+        cp,
+        &[
+            "get",
+            "lease",
+            "wasmop",
+            "-n",
+            "wasmop-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    )?;
+    assert!(!lease.is_empty(), "no holder of the chart's Lease");
+    Ok(())
+}
+
+/// The rendered Deployment's `wasmop run` arguments, minus those a process on this machine must
+/// set itself (address, cache directory: the harness picks free ones).
+fn chart_run_args() -> Result<Vec<String>> {
+    let docs = render(&[])?;
+    let deploy = find(&docs, "Deployment").context("Deployment")?;
+    Ok(deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .context("args")?
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|a| {
+            *a != "run" && !a.starts_with("--metrics-addr") && !a.starts_with("--cache-dir")
+        })
+        .filter(|a| !a.starts_with("--plugin-memory-budget-mib"))
+        .map(str::to_string)
+        .collect())
+}
