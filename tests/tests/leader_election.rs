@@ -203,7 +203,13 @@ async fn one_replica_writes_and_a_standby_takes_over_on_crash_and_on_shutdown() 
     assert!(spec.lease_transitions >= Some(2), "{spec:?}");
 
     match &audited.log {
-        Some(log) => writers_never_interleave(log, &op_ns),
+        Some(log) => {
+            writers_never_interleave(log, &op_ns)?;
+            if let Some(dir) = log.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Ok(())
+        }
         None => {
             eprintln!("audit check skipped: KUBECONFIG names a cluster without our audit log");
             Ok(())
