@@ -3,7 +3,7 @@
 //! the standby opens no controller and writes nothing; kill -9 of the leader hands over after
 //! the lease duration (not before); SIGTERM hands over at once. The API server's audit log
 //! (on a control plane of this test's own) shows the writes of the two replicas, told apart by
-//! their tokens' credential ids, never interleave.
+//! their tokens' credential ids, never interleave. A leader whose Lease is taken exits.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use localcp::{ControlPlane, Options};
 use serde_json::{Value, json};
@@ -201,6 +202,34 @@ async fn one_replica_writes_and_a_standby_takes_over_on_crash_and_on_shutdown() 
     let leases: Api<Lease> = Api::namespaced(client.clone(), &op_ns);
     let spec = leases.get("wasmop").await?.spec.context("Lease spec")?;
     assert!(spec.lease_transitions >= Some(2), "{spec:?}");
+
+    // Someone else takes the Lease (as no replica would: without waiting for it to expire). A
+    // notices at its next renewal and exits, rather than writing on without it.
+    a.note("the Lease is taken by an intruder");
+    leases
+        .patch(
+            "wasmop",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"holderIdentity": "intruder", "leaseDurationSeconds": 60,
+                                          "renewTime": MicroTime(k8s_openapi::jiff::Timestamp::now())}}),
+            ),
+        )
+        .await?;
+    eventually(2 * LEASE, "A to exit", || async {
+        Ok(a.readyz().await.is_none().then_some(()))
+    })
+    .await?;
+    let exited = a.stop(StopWith::Term, Duration::from_secs(5)).await?;
+    assert!(
+        exited.status.is_some_and(|s| !s.success()),
+        "A's exit: {exited:?}"
+    );
+    assert!(
+        a.log_tail(400).contains("lost the leader Lease"),
+        "{}",
+        a.log_tail(40)
+    );
 
     match &audited.log {
         Some(log) => {
