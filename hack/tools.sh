@@ -54,11 +54,19 @@ ldflags_of() {
 	echo "$flags"
 }
 
+# Build tags: promtool without the cloud service-discovery plugins (AWS, Azure, GCE, ...: most
+# of Prometheus' module graph), which `promtool check rules` and `test rules` never use.
+tags_of() {
+	case $1 in
+	promtool) echo remove_all_sd ;;
+	esac
+}
+
 build_one() {
 	local tool=$1 spec version key stamp start pid next status tmp
 	spec=$(spec_of "$tool")
 	version=${spec##*@}
-	key="$spec $(go env GOVERSION) $(ldflags_of "$tool" "$version")"
+	key="$spec $(go env GOVERSION) $(ldflags_of "$tool" "$version") tags=$(tags_of "$tool")"
 	stamp="$BIN_DIR/.$tool.stamp"
 	if ((FORCE == 0)) && [[ -x "$BIN_DIR/$tool" && -f "$stamp" && "$(cat "$stamp")" == "$key" ]]; then
 		log "$tool up to date ($spec)"
@@ -69,7 +77,8 @@ build_one() {
 	start=$SECONDS
 	# go install pkg@version builds the module with its own go.mod and go.sum (checked against
 	# the checksum database), independent of any module in this repository.
-	GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -ldflags "$(ldflags_of "$tool" "$version")" "$spec" &
+	GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -tags "$(tags_of "$tool")" \
+		-ldflags "$(ldflags_of "$tool" "$version")" "$spec" &
 	pid=$!
 	next=60
 	while kill -0 "$pid" 2>/dev/null; do

@@ -323,7 +323,23 @@ async fn manifests_apply_server_side_and_the_charts_account_reconciles_a_website
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", op.log_tail(30)))?;
 
+    // A parent that cannot progress (its ConfigMap's name is taken by an object not its own:
+    // ChildConflict) shows as a failing parent.
+    let foreign: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "taken-content"}, "data": {"owner": "someone else"}
+    }))?;
+    configmaps.create(&Default::default(), &foreign).await?;
+    create_website(&client, &ns, "taken", json!({"content": "mine?"})).await?;
     let label = format!("{ns}/website");
+    eventually(WAIT, "one failing parent in /metrics", || async {
+        let failing = op
+            .metric("wasmop_parents_failing", &[("controller", &label)])
+            .await?;
+        Ok((failing == 1.0).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", op.log_tail(30)))?;
+
     let metrics = op.metrics().await?;
     let m = |name: &str, labels: &[(&str, &str)]| wasmop_e2e::metric_in(&metrics, name, labels);
     assert_eq!(m("wasmop_leader", &[]), 1.0, "{metrics}");
