@@ -210,10 +210,13 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: impl Futur
         controllers = slots.len(),
         "shutting down: stopping controllers"
     );
-    for (_, (tx, task)) in slots {
+    // All at once: a graceful stop must fit the Pod's termination grace period (and the leader
+    // Lease is released only after it), whatever the number of controllers.
+    let stopping = slots.into_values().map(|(tx, task)| {
         let _ = tx.send(Signal::Stop);
-        let _ = task.await;
-    }
+        task
+    });
+    futures::future::join_all(stopping).await;
 }
 
 /// A running controller and what it was started from.
