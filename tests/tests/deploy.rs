@@ -275,7 +275,29 @@ async fn manifests_apply_server_side_and_the_charts_account_reconciles_a_website
         assert!(out.contains(made), "{made} not in:\n{out}");
     }
     let deploy: Api<Deployment> = Api::namespaced(client.clone(), "wasmop-system");
-    assert_eq!(deploy.get("wasmop").await?.spec.unwrap().replicas, Some(2));
+    let template = deploy.get("wasmop").await?.spec.context("spec")?;
+    assert_eq!(template.replicas, Some(2));
+    // No kubelet runs here, so no Pod is ever made from it: ask the API server to admit one as
+    // a dry run, under the namespace's Pod Security `restricted` level.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(client.clone(), "wasmop-system");
+    let pod = k8s_openapi::api::core::v1::Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some("wasmop-admission-check".into()),
+            ..Default::default()
+        },
+        spec: template.template.spec,
+        ..Default::default()
+    };
+    pods.create(
+        &kube::api::PostParams {
+            dry_run: true,
+            ..Default::default()
+        },
+        &pod,
+    )
+    .await
+    .context("the chart's Pod is not admitted under Pod Security restricted")?;
 
     kubectl(
         cp,
