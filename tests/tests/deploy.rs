@@ -114,8 +114,10 @@ fn every_chart_value_is_documented() -> Result<()> {
             .chain([key])
             .collect::<Vec<_>>()
             .join(".");
-        let documented_parent = path.iter().any(|(_, k)| {
-            keys.contains(k) || keys.iter().any(|d: &String| d.ends_with(&format!(".{k}")))
+        // Inside a documented value (e.g. the maps under `resources`)?
+        let documented_parent = (1..=path.len()).any(|n| {
+            let ancestor: Vec<&str> = path[..n].iter().map(|(_, k)| k.as_str()).collect();
+            keys.contains(&ancestor.join("."))
         });
         if commented {
             keys.insert(full.clone());
