@@ -13,7 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use localcp::{ControlPlane, Options};
+use localcp::{ControlPlane, FaultConfig, FaultProxy, Options};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 use wasmop_e2e::website::{
@@ -51,6 +51,8 @@ struct Audited {
 }
 
 static CP: OnceCell<Audited> = OnceCell::const_new();
+/// The tests' timings must not depend on each other's load.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A control plane of this binary's own, with an audit log of service-account writes.
 async fn control_plane() -> Result<&'static Audited> {
@@ -149,6 +151,7 @@ fn context_namespace(kubeconfig: &Path) -> Result<String> {
 
 #[tokio::test]
 async fn one_replica_writes_and_a_standby_takes_over_on_crash_and_on_shutdown() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let audited = control_plane().await?;
     let cp: &'static ControlPlane = &audited.cp;
     let client = cp.client().await?;
@@ -295,5 +298,74 @@ fn writers_never_interleave(log: &Path, op_ns: &str) -> Result<()> {
             shown.join("\n")
         );
     }
+    Ok(())
+}
+
+/// A leader cut off from the API server (every request through its proxy fails) gives up after
+/// the renew deadline and exits; the standby, which still reaches the API server, takes the
+/// Lease only after that, once the lease duration has passed: never two leaders at once.
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_exits_before_the_standby_takes_over() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cp = &control_plane().await?.cp;
+    let client = cp.client().await?;
+    // A Lease of this test's own; both replicas run with the admin kubeconfig (the proxy
+    // forwards as the admin anyway).
+    let lease_ns = localcp::create_test_namespace(&client, "lease").await?;
+    let namespace_arg = format!("--leader-elect-namespace={lease_ns}");
+    let mut args = ARGS.to_vec();
+    args.push(&namespace_arg);
+    let proxy = FaultProxy::start(cp, FaultConfig::default()).await?;
+    let a = RestartableOperator::start_with(proxy.kubeconfig(), &args).await?;
+    wait_leader(&a, WAIT).await?;
+    let b = RestartableOperator::start_with(cp.kubeconfig(), &args).await?;
+    assert_idle_standby(&b).await?;
+
+    a.note("every request through the proxy fails from now on");
+    let cut = Instant::now();
+    proxy.set_config(FaultConfig {
+        error_500_per_mille: 1000,
+        max_faults: u64::MAX,
+        ..FaultConfig::default()
+    });
+    // Until A is gone, B must not lead.
+    loop {
+        if a.readyz().await.is_none() {
+            break;
+        }
+        assert!(
+            !is_leader(&b).await?,
+            "B leads while A still runs ({:?} after the cut)",
+            cut.elapsed()
+        );
+        assert!(
+            cut.elapsed() < LEASE * 2,
+            "A still runs {:?} after the cut:\n{}",
+            cut.elapsed(),
+            a.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exited_after = cut.elapsed();
+    let renew_deadline = Duration::from_secs(5);
+    assert!(
+        exited_after <= renew_deadline + 2 * RETRY + Duration::from_secs(2),
+        "A exited {exited_after:?} after the cut; its renew deadline is {renew_deadline:?}"
+    );
+    let stopped = a.stop(StopWith::Term, Duration::from_secs(5)).await?;
+    assert!(stopped.status.is_some_and(|s| !s.success()), "{stopped:?}");
+    assert!(
+        a.log_tail(400)
+            .contains("could not renew the Lease in time"),
+        "{}",
+        a.log_tail(30)
+    );
+    wait_leader(&b, LEASE * 2).await?;
+    let took = cut.elapsed();
+    assert!(
+        took > exited_after,
+        "B took the Lease {took:?} after the cut, A exited {exited_after:?} after it"
+    );
+    eprintln!("A exited {exited_after:?} after the cut; B took over {took:?} after it");
     Ok(())
 }
