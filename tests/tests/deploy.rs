@@ -255,6 +255,35 @@ fn alerts_pass_promtool_check_and_unit_tests() -> Result<()> {
     Ok(())
 }
 
+/// Every query of the Grafana dashboard is valid PromQL: promtool parses them as recording
+/// rules (the dashboard's `$namespace`/`$controller` variables sit inside string literals).
+#[test]
+fn dashboard_queries_are_valid_promql() -> Result<()> {
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(
+        root().join("deploy/dashboards/wasmop.json"),
+    )?)?;
+    let mut rules = Vec::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().context("a target without expr")?;
+            rules.push(json!({"record": format!("dashboard:query_{}", rules.len()), "expr": expr}));
+        }
+    }
+    assert!(rules.len() >= 15, "only {} queries", rules.len());
+    let file = std::env::temp_dir().join(format!("wasmop-dashboard-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        serde_json::to_string(&json!({"groups": [{"name": "dashboard", "rules": rules}]}))?,
+    )?;
+    let checked = run(
+        &tool("promtool")?,
+        &["check", "rules", &file.to_string_lossy()],
+    );
+    let _ = std::fs::remove_file(&file);
+    assert!(checked?.contains("SUCCESS"));
+    Ok(())
+}
+
 /// The manifests apply server-side as they are; wasmop then runs as the chart's ServiceAccount
 /// (a token of `wasmop-system/wasmop`), with the chart's arguments (leader election included),
 /// and reconciles the Website sample; `/metrics` shows it.
