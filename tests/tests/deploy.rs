@@ -255,6 +255,41 @@ fn alerts_pass_promtool_check_and_unit_tests() -> Result<()> {
     Ok(())
 }
 
+/// The chart's whole Helm life cycle against the real API server: install (CRDs from `crds/`
+/// skipped when present), upgrade with a changed value, uninstall removing what it made.
+#[tokio::test]
+async fn helm_installs_upgrades_and_uninstalls_the_chart() -> Result<()> {
+    let cp = cluster().await?;
+    let client = cp.client().await?;
+    let ns = localcp::create_test_namespace(&client, "helm").await?;
+    let helm = tool("helm")?;
+    let kubeconfig = cp.kubeconfig().to_string_lossy().into_owned();
+    let helm_in = |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", &kubeconfig, "--namespace", &ns];
+        all.extend(args);
+        run(&helm, &all)
+    };
+    helm_in(&["install", "ci-wasmop", CHART])?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let replicas = |d: Deployment| d.spec.and_then(|s| s.replicas);
+    assert_eq!(replicas(deployments.get("ci-wasmop").await?), Some(2));
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    assert!(roles.get_opt("ci-wasmop").await?.is_some());
+
+    helm_in(&["upgrade", "ci-wasmop", CHART, "--set", "replicaCount=3"])?;
+    assert_eq!(replicas(deployments.get("ci-wasmop").await?), Some(3));
+    let status = helm_in(&["status", "ci-wasmop"])?;
+    assert!(
+        status.contains("REVISION: 2") && status.contains("STATUS: deployed"),
+        "{status}"
+    );
+
+    helm_in(&["uninstall", "ci-wasmop", "--wait"])?;
+    assert!(deployments.get_opt("ci-wasmop").await?.is_none());
+    assert!(roles.get_opt("ci-wasmop").await?.is_none());
+    Ok(())
+}
+
 /// Every query of the Grafana dashboard is valid PromQL: promtool parses them as recording
 /// rules (the dashboard's `$namespace`/`$controller` variables sit inside string literals).
 #[test]
