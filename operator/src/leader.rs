@@ -116,6 +116,8 @@ pub struct Elector {
     api: Api<Lease>,
     settings: Settings,
     observed: Option<(Record, Instant)>,
+    /// When the request that took the Lease was sent (the renew deadline counts from there).
+    acquired: Option<Instant>,
 }
 
 impl Elector {
@@ -124,6 +126,7 @@ impl Elector {
             api: Api::namespaced(client, &settings.namespace),
             settings,
             observed: None,
+            acquired: None,
         }
     }
 
@@ -141,8 +144,10 @@ impl Elector {
     pub async fn acquire(&mut self) {
         let mut last_holder = None;
         loop {
+            let attempt = Instant::now();
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
+                    self.acquired = Some(attempt);
                     tracing::info!(lease = %self.lease(), identity = %self.settings.identity, "became the leader");
                     return;
                 }
@@ -164,15 +169,18 @@ impl Elector {
     /// Renews the Lease while this replica holds it; returns when it has lost it (another
     /// holder, or no successful renewal for `renew_deadline`).
     pub async fn hold(&mut self) {
-        let mut renewed = Instant::now();
+        let mut renewed = self.acquired.unwrap_or_else(Instant::now);
         loop {
             tokio::time::sleep(self.settings.retry_period).await;
             let left = self
                 .settings
                 .renew_deadline
                 .saturating_sub(renewed.elapsed());
+            // Counted from when the request was sent, not answered: the server wrote the
+            // renewal no earlier, so the standby's clock for it cannot start before ours.
+            let attempt = Instant::now();
             match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
-                Ok(Ok(true)) => renewed = Instant::now(),
+                Ok(Ok(true)) => renewed = attempt,
                 Ok(Ok(false)) => {
                     tracing::error!(lease = %self.lease(), holder = self.holder().unwrap_or(""), "lost the Lease to another replica");
                     return;
