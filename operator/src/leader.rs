@@ -134,7 +134,7 @@ impl Elector {
         &self.settings
     }
 
-    /// The holder this replica last saw (for logs and `/readyz`).
+    /// The holder this replica last saw (for logs).
     pub fn holder(&self) -> Option<&str> {
         self.observed.as_ref()?.0.holder.as_deref()
     }
