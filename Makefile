@@ -7,7 +7,7 @@ CARGO ?= cargo
 PLUGIN_DIR := target/plugins
 WASM_RUST := target/wasm32-unknown-unknown/plugin
 
-.PHONY: help setup control-plane build plugins crds abi cluster dev test lint fmt clean
+.PHONY: help setup control-plane tools build plugins crds abi deploy image cluster dev test lint fmt clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -19,6 +19,10 @@ setup:
 ## control-plane: build kube-apiserver, kube-controller-manager, etcd (+kubectl) from the pinned module.
 control-plane: setup
 	@bash hack/build-control-plane.sh
+
+## tools: helm, promtool and crane, pinned in hack/versions.env, built from the Go module proxy (stamped).
+tools: setup
+	@bash hack/tools.sh >/dev/null
 
 ## build: the operator, the launcher and the test harness (host).
 build: setup
@@ -44,6 +48,15 @@ crds:
 abi:
 	$(CARGO) run -q -p wasmop-schema
 
+## deploy: render deploy/manifests/wasmop.yaml and samples/operator/rbac.yaml from the Helm chart (drift-checked by a test).
+deploy: tools
+	@bash hack/render-deploy.sh
+
+## image: the OCI image without Docker (hack/image.sh: release binary + JS runtime, packed by crane)
+## into target/image/oci; IMAGE=registry.example/wasmop:0.1.0 also pushes it there.
+image: tools plugins
+	@bash hack/image.sh $(if $(IMAGE),--push $(IMAGE))
+
 ## cluster: the local control plane in the foreground (prints the KUBECONFIG line).
 cluster: control-plane
 	$(CARGO) run -q -p localcp -- up
@@ -53,16 +66,17 @@ dev: control-plane build plugins
 	@bash hack/dev.sh
 
 ## test: all tests. End-to-end tests start the real control plane, wasmop and plugins.
-test: control-plane build plugins
+test: control-plane tools build plugins
 	@bash plugins/go/build.sh check
 	$(CARGO) test --workspace --exclude wasmop-e2e --no-fail-fast
 	@bash hack/e2e.sh   # the end-to-end binaries, in parallel (E2E_JOBS, default 4)
 
-lint:
+lint: tools
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) run -q -p wasmop-schema -- --check
 	@bash plugins/go/build.sh check
+	@bash hack/render-deploy.sh --check
 
 fmt:
 	$(CARGO) fmt --all

@@ -24,6 +24,7 @@
 //! - [`rbac`]: the rights a controller's ServiceAccount needs (`wasmop rbac`, checked by explain).
 //! - [`api_error`]: the API server's reason and message as a person reads them.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
+//! - [`leader`]: leader election with a Lease, so only one replica writes.
 //! - [`crd`]: the WasmController type and its CRD.
 //! - [`eval`]: `wasmop eval`: a plugin run locally against case files (plugin test suites).
 //! - [`graph`]: `wasmop graph`: controllers and the kinds they own, read, patch, finalize.
@@ -42,6 +43,7 @@ pub mod finalizers;
 pub mod graph;
 pub mod init;
 pub mod kinds;
+pub mod leader;
 pub mod manager;
 pub mod metrics;
 pub mod plan;
@@ -56,7 +58,6 @@ pub mod watches;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 /// Why no client configuration could be found.
 #[derive(Debug, thiserror::Error)]
@@ -110,26 +111,77 @@ pub struct RunOptions {
     pub response_limits: plan::ResponseLimits,
     /// Operator-wide plugin memory budget, call slots and idle-instance expiry.
     pub plugin_budget: plugin::Budget,
+    /// Leader election (None: this process always leads).
+    pub leader_election: Option<LeaderElection>,
 }
 
-/// Runs the operator until `shutdown` resolves.
+/// `--leader-elect` and its settings; the namespace defaults to the client's (in a Pod: its own).
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    pub lease_name: String,
+    pub namespace: Option<String>,
+    pub identity: String,
+    pub lease_duration: std::time::Duration,
+    pub renew_deadline: std::time::Duration,
+    pub retry_period: std::time::Duration,
+}
+
+/// Runs the operator until `shutdown` resolves. With leader election, it waits as a standby
+/// (serving `/metrics`, `/healthz` and `/readyz`, writing nothing) until it holds the Lease.
 ///
 /// # Errors
-/// No usable kubeconfig / in-cluster config, the metrics address cannot be bound, or the
-/// plugin cache directory cannot be created.
+/// No usable kubeconfig / in-cluster config, the metrics address cannot be bound, the plugin
+/// cache directory cannot be created, leader election settings that allow two leaders, or the
+/// Lease was lost (the process must then exit: it may no longer write).
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     install_crypto();
     let config = client_config(opts.kubeconfig.as_deref()).await?;
     let client = kube::Client::try_from(config.clone())?;
     let version = client.apiserver_version().await?;
     tracing::info!(server = %version.git_version, "connected to the API server");
+    let mut elector = opts
+        .leader_election
+        .map(|le| {
+            let settings = leader::Settings {
+                namespace: le
+                    .namespace
+                    .unwrap_or_else(|| config.default_namespace.clone()),
+                lease_name: le.lease_name,
+                identity: le.identity,
+                lease_duration: le.lease_duration,
+                renew_deadline: le.renew_deadline,
+                retry_period: le.retry_period,
+            };
+            settings.validate()?;
+            Ok::<_, leader::SettingsError>(leader::Elector::new(client.clone(), settings))
+        })
+        .transpose()?;
     let metrics = metrics::Metrics::new();
-    let ready = Arc::new(AtomicBool::new(false));
-    let bound = metrics::serve(opts.metrics_addr, metrics.clone(), ready.clone()).await?;
+    let host = plugin::Host::with_budget(opts.cache_dir.clone(), opts.plugin_budget)?;
+    let readiness = metrics::Readiness::default();
+    let bound = metrics::serve(
+        opts.metrics_addr,
+        metrics.clone(),
+        readiness.clone(),
+        refresh_from(&host),
+    )
+    .await?;
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    let mut shutdown = std::pin::pin!(shutdown);
+    if let Some(elector) = &mut elector {
+        readiness.standby();
+        let s = elector.settings();
+        tracing::info!(lease = %format!("{}/{}", s.namespace, s.lease_name), identity = %s.identity, "standby: waiting for the leader Lease");
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+    readiness.leader();
+    metrics.leader.set(1);
     let ctx = Arc::new(manager::Context {
         watches: Arc::new(watches::Watches::new(metrics.clone())),
-        host: plugin::Host::with_budget(opts.cache_dir.clone(), opts.plugin_budget)?,
+        host,
         loader: Arc::new(
             source::Loader::new(opts.allow_file_plugins, opts.js_runtime, opts.cache_dir)
                 .with_remote(opts.remote),
@@ -141,6 +193,36 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
         response_limits: opts.response_limits,
         board: Arc::new(conflicts::Board::default()),
     });
-    manager::run(ctx, ready, shutdown).await;
+    let Some(elector) = &mut elector else {
+        manager::run(ctx, readiness.synced, shutdown).await;
+        return Ok(());
+    };
+    tokio::select! {
+        () = manager::run(ctx, readiness.synced, shutdown) => {}
+        () = elector.hold() => anyhow::bail!(
+            "lost the leader Lease: exiting so that nothing is written without it (a new process starts as a standby)"
+        ),
+    }
+    // Every controller has stopped: hand the Lease over now rather than at its expiry.
+    if let Err(error) = elector.release().await {
+        tracing::warn!(%error, "could not release the leader Lease; a standby takes over when it expires");
+    }
     Ok(())
+}
+
+/// Gauges read from the plugin host at each scrape.
+fn refresh_from(host: &plugin::Host) -> metrics::Refresh {
+    let host = host.clone();
+    Arc::new(move |m: &metrics::Metrics| {
+        const MIB: u64 = 1024 * 1024;
+        let bytes = |mib: u64| i64::try_from(mib.saturating_mul(MIB)).unwrap_or(i64::MAX);
+        m.plugin_memory_reserved_bytes
+            .set(bytes(host.memory_reserved_mib()));
+        m.plugin_memory_budget_bytes
+            .set(bytes(host.budget().memory_mib));
+        m.plugin_calls_running
+            .set(i64::try_from(host.calls_running()).unwrap_or(i64::MAX));
+        m.plugin_call_slots
+            .set(i64::try_from(host.budget().max_calls).unwrap_or(i64::MAX));
+    })
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use wasmop::plan::ResponseLimits;
@@ -25,7 +26,7 @@ enum Command {
         /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
-        /// Address of /metrics, /healthz and /readyz.
+        /// Address of /metrics, /healthz and /readyz (the Helm chart sets 0.0.0.0:8080).
         #[arg(long, env = "WASMOP_METRICS_ADDR", default_value = "127.0.0.1:8080")]
         metrics_addr: SocketAddr,
         /// Compiled-plugin cache directory, kept across restarts.
@@ -72,6 +73,8 @@ enum Command {
         response_limits: ResponseLimitArgs,
         #[command(flatten)]
         plugin_budget: PluginBudgetArgs,
+        #[command(flatten)]
+        leader_election: LeaderElectionArgs,
     },
     /// Print what installs wasmop's API (YAML, as committed in crds/): the WasmController CRD
     /// and the admission policy that lets only those who may impersonate a ServiceAccount
@@ -343,6 +346,49 @@ impl From<PluginBudgetArgs> for Budget {
     }
 }
 
+/// Leader election between replicas (see `wasmop::leader`).
+#[derive(clap::Args, Debug)]
+struct LeaderElectionArgs {
+    /// Take part in leader election with a Lease: only the holder runs controllers; the others
+    /// wait as standbys (on in the Helm chart, which runs 2 replicas).
+    #[arg(long, env = "WASMOP_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "WASMOP_LEADER_ELECT_LEASE_NAME", default_value = "wasmop")]
+    leader_elect_lease_name: String,
+    /// Namespace of the Lease (default: the kubeconfig context's; in a Pod, its own).
+    #[arg(long, env = "WASMOP_LEADER_ELECT_NAMESPACE")]
+    leader_elect_namespace: Option<String>,
+    /// How long a standby waits after the Lease last changed before taking it.
+    #[arg(long, env = "WASMOP_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader tries to renew before giving up (and exiting); shorter than the
+    /// lease duration.
+    #[arg(long, env = "WASMOP_LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often the leader renews and a standby tries to take the Lease.
+    #[arg(long, env = "WASMOP_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = duration)]
+    leader_elect_retry_period: Duration,
+}
+
+impl From<LeaderElectionArgs> for Option<wasmop::LeaderElection> {
+    fn from(a: LeaderElectionArgs) -> Self {
+        a.leader_elect.then(|| wasmop::LeaderElection {
+            lease_name: a.leader_elect_lease_name,
+            namespace: a.leader_elect_namespace,
+            identity: wasmop::leader::default_identity(),
+            lease_duration: a.leader_elect_lease_duration,
+            renew_deadline: a.leader_elect_renew_deadline,
+            retry_period: a.leader_elect_retry_period,
+        })
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    wasmop::manager::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like 500ms, 15s or 1m"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -359,6 +405,7 @@ async fn main() -> anyhow::Result<()> {
             log_format,
             response_limits,
             plugin_budget,
+            leader_election,
         } => {
             init_logging(&log_format);
             let mut keys = Vec::new();
@@ -384,6 +431,7 @@ async fn main() -> anyhow::Result<()> {
                 remote,
                 response_limits: response_limits.into(),
                 plugin_budget: plugin_budget.into(),
+                leader_election: leader_election.into(),
             };
             wasmop::run(opts, shutdown_signal()).await
         }

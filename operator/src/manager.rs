@@ -227,10 +227,13 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: impl Futur
         controllers = slots.len(),
         "shutting down: stopping controllers"
     );
-    for (_, (tx, task)) in slots {
+    // All at once: a graceful stop must fit the Pod's termination grace period (and the leader
+    // Lease is released only after it), whatever the number of controllers.
+    let stopping = slots.into_values().map(|(tx, task)| {
         let _ = tx.send(Signal::Stop);
-        let _ = task.await;
-    }
+        task
+    });
+    futures::future::join_all(stopping).await;
 }
 
 /// A running controller and what it was started from.
@@ -332,6 +335,7 @@ async fn slot(
         {
             tracing::warn!(parent: &slot.span, error = %readable(&error), "could not update WasmController status");
         }
+        slot.record_health();
         if let Some(after) = throttle_recheck(slot.running.as_ref()) {
             let again = slot.signals.clone();
             let timer = tokio::spawn(async move {
@@ -344,10 +348,35 @@ async fn slot(
         }
     }
     health_forward.abort();
+    let (label, metrics) = (
+        format!("{}/{}", slot.ns, slot.name),
+        slot.ctx.metrics.clone(),
+    );
     slot.shutdown().await;
+    let _ = metrics.controller_ready.remove_label_values(&[&label]);
+    let _ = metrics.parents_failing.remove_label_values(&[&label]);
 }
 
 impl Slot {
+    /// `wasmop_controller_ready` and `wasmop_parents_failing`: what the `Ready` and `Degraded`
+    /// conditions say, for alerts.
+    fn record_health(&self) {
+        let label = format!("{}/{}", self.ns, self.name);
+        let failing = self
+            .running
+            .as_ref()
+            .map_or(0, |r| r.runtime.failures.lock().unwrap().len());
+        let metrics = &self.ctx.metrics;
+        metrics
+            .controller_ready
+            .with_label_values(&[&label])
+            .set(i64::from(self.running.is_some()));
+        metrics
+            .parents_failing
+            .with_label_values(&[&label])
+            .set(i64::try_from(failing).unwrap_or(i64::MAX));
+    }
+
     /// Brings what runs in line with `wc`: its finalizer, the controller, the source watch.
     async fn sync(&mut self, wc: &WasmController) {
         let holds = wc
@@ -690,7 +719,7 @@ async fn prepare(
     ));
     let label = format!("{ns}/{}", wc.name_any());
     ctx.metrics
-        .plugins_loaded
+        .plugin_info
         .with_label_values(&[&label, &plugin.sha256])
         .set(1);
     ctx.metrics.controllers.inc();
@@ -747,7 +776,7 @@ async fn stop(ctx: &Context, old: Running) {
         .unregister(&old.runtime.identity, &label, old.runtime.board_token);
     let _ = ctx
         .metrics
-        .plugins_loaded
+        .plugin_info
         .remove_label_values(&[&label, &old.runtime.plugin.sha256]);
     ctx.metrics.controllers.dec();
 }

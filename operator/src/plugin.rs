@@ -162,7 +162,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The `kind` label of `wasmop_plugin_failures_total`.
+    /// The `reason` label of `wasmop_plugin_failures_total`.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Compile { .. } => "compile",
@@ -236,6 +236,7 @@ impl Default for Budget {
 }
 
 /// Compiles plugins and holds the operator-wide budget and call slots.
+#[derive(Clone)]
 pub struct Host {
     shared: Arc<Shared>,
     cache_config: Option<PathBuf>,

@@ -127,17 +127,50 @@ pub async fn operator_account(
         kubectl_stdin(cp, &["apply", "-f", "-"], Some(&kinds))?;
         wait_aggregated(&client, "wasmop-release-finalizers").await?;
     }
-    let token = kubectl(
-        cp,
-        &["create", "token", "wasmop", "-n", &ns, "--duration=4h"],
-    )?;
+    account_kubeconfig(cp, &ns, "wasmop")
+}
+
+/// A kubeconfig for `cp` with a fresh 4 h token of ServiceAccount `ns/account` (each call a
+/// token of its own: the API server's audit log tells them apart by credential id), whose
+/// default namespace is `ns`, as in a Pod (where the operator's leader Lease lives).
+///
+/// # Errors
+/// Minting the token or writing the file.
+pub fn account_kubeconfig(cp: &ControlPlane, ns: &str, account: &str) -> Result<PathBuf> {
+    let token = kubectl(cp, &["create", "token", account, "-n", ns, "--duration=4h"])?;
     let mut config: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig())?)?;
-    config["users"] = serde_json::json!([{"name": "wasmop", "user": {"token": token.trim()}}]);
-    config["contexts"][0]["context"]["user"] = serde_json::json!("wasmop");
-    let path = tempdir("wasmop-account")?.join("kubeconfig");
+    config["users"] = serde_json::json!([{"name": account, "user": {"token": token.trim()}}]);
+    config["contexts"][0]["context"]["user"] = serde_json::json!(account);
+    config["contexts"][0]["context"]["namespace"] = serde_json::json!(ns);
+    // A directory per call: tempdir's names may repeat within a process, and
+    // start_operator_as_account deletes the directory once wasmop has read the file.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = tempdir(&format!("wasmop-account-{n}"))?.join("kubeconfig");
     std::fs::write(&path, serde_yaml::to_string(&config)?)?;
     Ok(path)
+}
+
+/// A pinned tool built by `hack/tools.sh` (helm, promtool, crane, cosign): built on first use (a no-op
+/// when its stamp is current), so a test never runs against an unpinned one from PATH.
+///
+/// # Errors
+/// The build fails (its output is in the error).
+pub fn tool(name: &str) -> Result<PathBuf> {
+    let out = Command::new("bash")
+        .arg(root().join("hack/tools.sh"))
+        .arg(name)
+        .output()
+        .context("running hack/tools.sh")?;
+    if !out.status.success() {
+        bail!(
+            "hack/tools.sh {name} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = String::from_utf8_lossy(&out.stdout);
+    Ok(PathBuf::from(dir.lines().last().unwrap_or_default().trim()).join(name))
 }
 
 /// Waits until kube-controller-manager has aggregated rules into the ClusterRole `name`.
@@ -425,6 +458,15 @@ impl RestartableOperator {
     /// # Errors
     /// It cannot be started or does not become ready (the error has its log's tail).
     pub async fn start(kubeconfig: &Path) -> Result<Self> {
+        Self::start_with(kubeconfig, &[]).await
+    }
+
+    /// [`RestartableOperator::start`] with extra `wasmop run` arguments (e.g. `--leader-elect`),
+    /// kept for every restart.
+    ///
+    /// # Errors
+    /// As [`RestartableOperator::start`].
+    pub async fn start_with(kubeconfig: &Path, extra: &[&str]) -> Result<Self> {
         let bin = wasmop_bin()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -448,7 +490,8 @@ impl RestartableOperator {
         std::fs::copy(&bin, &copy)
             .with_context(|| format!("copying {} to {}", bin.display(), copy.display()))?;
         let bin = copy;
-        let args = run_args(port, &dir, kubeconfig);
+        let mut args = run_args(port, &dir, kubeconfig);
+        args.extend(extra.iter().map(|a| (*a).to_string()));
         let op = Self {
             metrics_url: format!("http://127.0.0.1:{port}"),
             log: dir.join("wasmop.log"),

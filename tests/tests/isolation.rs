@@ -134,7 +134,7 @@ async fn a_looping_plugin_never_times_out_another_controllers_calls() -> Result<
     let timeouts = async || {
         op.metric(
             "wasmop_plugin_failures_total",
-            &[("controller", &looping_label), ("kind", "timeout")],
+            &[("controller", &looping_label), ("reason", "timeout")],
         )
         .await
     };

@@ -344,11 +344,11 @@ async fn bad_plugins_are_contained_reported_and_write_nothing() -> Result<()> {
         "trap",
     ] {
         let n = op
-            .metric("wasmop_plugin_failures_total", &[("kind", kind)])
+            .metric("wasmop_plugin_failures_total", &[("reason", kind)])
             .await?;
         assert!(
             n >= 1.0,
-            "wasmop_plugin_failures_total{{kind={kind}}} = {n}"
+            "wasmop_plugin_failures_total{{reason={kind}}} = {n}"
         );
     }
     Ok(())

@@ -142,24 +142,6 @@ async fn javascript_source_in_a_config_map_is_built_by_the_operator_and_hot_relo
     Ok(())
 }
 
-/// A helper tool built by `hack/tools.sh` (crane, cosign) from the Go module proxy.
-fn tool(name: &str) -> std::path::PathBuf {
-    let dir = std::env::var_os("WASMOP_TOOLS_BIN").map_or_else(
-        || {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/wasmop/tools/bin")
-        },
-        std::path::PathBuf::from,
-    );
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{}: build it with hack/tools.sh {name} (make test does)",
-        path.display()
-    );
-    path
-}
-
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -320,7 +302,7 @@ async fn an_oci_plugin_is_pulled_by_digest_and_its_cosign_signature_checked() ->
     let dir = tempfile_dir("wasmop-oci")?;
     let port = free_port()?;
     let _registry = Server(
-        std::process::Command::new(tool("crane"))
+        std::process::Command::new(wasmop_e2e::tool("crane")?)
             .args([
                 "registry",
                 "serve",
@@ -367,8 +349,9 @@ async fn an_oci_plugin_is_pulled_by_digest_and_its_cosign_signature_checked() ->
 
     // Signed with cosign (key-based, no transparency log): the right key runs it, another
     // key is refused, and so is an unsigned artifact.
+    let cosign_bin = wasmop_e2e::tool("cosign")?;
     let cosign = |args: &[&str]| {
-        run(std::process::Command::new(tool("cosign"))
+        run(std::process::Command::new(&cosign_bin)
             .args(args)
             .current_dir(&dir)
             .env("COSIGN_PASSWORD", "")
@@ -376,7 +359,7 @@ async fn an_oci_plugin_is_pulled_by_digest_and_its_cosign_signature_checked() ->
     };
     cosign(&["generate-key-pair"])?;
     std::fs::create_dir_all(dir.join("other"))?;
-    run(std::process::Command::new(tool("cosign"))
+    run(std::process::Command::new(&cosign_bin)
         .args(["generate-key-pair"])
         .current_dir(dir.join("other"))
         .env("COSIGN_PASSWORD", "")
