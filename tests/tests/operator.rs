@@ -642,12 +642,22 @@ async fn the_api_server_rejects_bad_wasmcontrollers_at_apply_time_naming_the_fie
         (
             "two sources",
             json!({"plugin": {"source": {"configMap": {"name": "p", "key": "k"}, "file": "/x.wasm"}}}),
-            "spec.plugin.source: set exactly one of configMap or file",
+            "spec.plugin.source: set exactly one of configMap, javaScript, url, oci or file",
         ),
         (
             "no source",
             json!({"plugin": {"source": {}}}),
-            "spec.plugin.source: set exactly one of configMap or file",
+            "spec.plugin.source: set exactly one of configMap, javaScript, url, oci or file",
+        ),
+        (
+            "an oci image by tag",
+            json!({"plugin": {"source": {"oci": {"image": "registry.example.com/team/website:v1"}}}}),
+            "spec.plugin.source.oci.image",
+        ),
+        (
+            "a url without a proper sha256",
+            json!({"plugin": {"source": {"url": {"url": "https://example.com/p.wasm", "sha256": "abc"}}}}),
+            "spec.plugin.source.url.sha256",
         ),
         (
             "memory out of range",
