@@ -114,7 +114,7 @@ while (($#)); do
 		sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
 		exit 0
 		;;
-	helm | promtool | crane) TOOLS+=("$1") ;;
+	helm | promtool | crane | cosign) TOOLS+=("$1") ;;
 	*) die "unknown argument '$1' (tools: ${ALL_TOOLS[*]}; see --help)" ;;
 	esac
 	shift
