@@ -473,3 +473,56 @@ fn chart_run_args() -> Result<Vec<String>> {
         .map(str::to_string)
         .collect())
 }
+
+/// `plugins.hosts`, `insecureHosts` and `publicKeys` reach `wasmop run` as its flags, the keys
+/// through a ConfigMap mounted read-only; none of it renders by default.
+#[test]
+fn chart_passes_plugin_hosts_and_signing_keys_to_the_operator() -> Result<()> {
+    let args_of = |docs: &[Value]| -> Vec<String> {
+        find(docs, "Deployment").expect("a Deployment")["spec"]["template"]["spec"]["containers"][0]
+            ["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect()
+    };
+    let default = render(&[])?;
+    assert!(
+        !args_of(&default)
+            .iter()
+            .any(|a| a.starts_with("--plugin-host")),
+        "no network sources unless the admin lists hosts"
+    );
+    assert!(find(&default, "ConfigMap").is_none());
+    let docs = render(&[
+        "plugins.hosts={registry.example.com,*.plugins.example.com}",
+        "plugins.insecureHosts={registry.example.com}",
+        "plugins.publicKeys[0]=KEY-ONE",
+    ])?;
+    let args = args_of(&docs);
+    for want in [
+        "--plugin-host=registry.example.com",
+        "--plugin-host=*.plugins.example.com",
+        "--insecure-plugin-host=registry.example.com",
+        "--plugin-public-key=/etc/wasmop/plugin-keys/key-0.pem",
+    ] {
+        assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
+    }
+    let keys = find(&docs, "ConfigMap").expect("the keys' ConfigMap");
+    assert_eq!(keys["metadata"]["name"], "wasmop-plugin-keys");
+    assert_eq!(
+        keys["data"]["key-0.pem"].as_str().map(str::trim),
+        Some("KEY-ONE")
+    );
+    let pod = &find(&docs, "Deployment").expect("a Deployment")["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == "plugin-keys")
+        .expect("the keys are mounted");
+    assert_eq!(mount["mountPath"], "/etc/wasmop/plugin-keys");
+    assert_eq!(mount["readOnly"], true);
+    Ok(())
+}
