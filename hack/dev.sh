@@ -78,6 +78,7 @@ $(bold "wasmop is running on the local control plane. Try:")
   kubectl -n $NS patch website hello --type merge -p '{"spec":{"replicas":4}}'   # children follow
   kubectl -n $NS patch website hello --type merge -p '{"spec":{"content":null}}' # ConfigMap pruned
   kubectl -n $NS describe wasmcontroller website                                 # conditions
+  target/debug/wasmop graph -n $NS                                                # who owns, reads, patches what
   kubectl -n $NS get events --field-selector involvedObject.kind=Website
   curl -s 127.0.0.1:${WASMOP_METRICS_PORT:-8080}/metrics | grep ^wasmop_
   tail -f $state/wasmop.log
