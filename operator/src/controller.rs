@@ -160,6 +160,21 @@ impl Error {
         }
     }
 
+    /// A failure the API server or the network may not repeat: a 5xx or 429 answer, or no
+    /// answer at all, to one of this reconcile's requests.
+    pub fn is_transient(&self) -> bool {
+        let source = match self {
+            Error::Write { source, .. } => source,
+            Error::WaitingForDependencies { source, .. } => return source.is_transient(),
+            _ => return false,
+        };
+        match source {
+            kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+            kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+            _ => false,
+        }
+    }
+
     fn is_plugin_failure(&self) -> bool {
         matches!(
             self,
@@ -576,14 +591,27 @@ fn error_policy(parent: Arc<DynamicObject>, error: &Error, rt: Arc<Runtime>) -> 
         Box::new(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(500))
-                .with_max_delay(Duration::from_secs(300))
+                .with_max_delay(MAX_BACKOFF)
                 .with_jitter()
                 .without_max_times()
                 .build(),
         )
     });
-    Action::requeue(delays.next().unwrap_or(Duration::from_secs(300)))
+    let delay = delays.next().unwrap_or(MAX_BACKOFF);
+    if error.is_transient() {
+        // The API server or the network had a moment: retrying soon is what converges; the
+        // long backoff is for what only a person can fix (a plugin, a grant, a conflict).
+        return Action::requeue(delay.min(TRANSIENT_MAX_BACKOFF));
+    }
+    Action::requeue(delay)
 }
+
+/// The longest retry delay of a failing parent.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// The longest retry delay after a transient API error (5xx, 429, a connection that failed):
+/// with a few percent of requests failing, a reconcile of a dozen requests fails often enough
+/// that an uncapped backoff would leave some parents waiting minutes.
+pub const TRANSIENT_MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 /// What a reconcile of one parent did.
 pub(crate) struct Outcome {
@@ -796,6 +824,36 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_errors_and_throttling_are_transient_refusals_are_not() {
+        let write = |code: u16| Error::Write {
+            action: "the apply",
+            target: ObjRef {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                namespace: "n".into(),
+                name: "c".into(),
+            },
+            source: kube::Error::Api(Box::new(
+                serde_json::from_value(serde_json::json!({
+                    "status": "Failure", "message": "m", "reason": "r", "code": code,
+                }))
+                .unwrap(),
+            )),
+        };
+        for code in [500, 503, 429] {
+            assert!(write(code).is_transient(), "{code}");
+        }
+        for code in [400, 403, 404, 409, 422] {
+            assert!(!write(code).is_transient(), "{code}");
+        }
+        let waiting = Error::WaitingForDependencies {
+            written: 1,
+            source: Box::new(write(503)),
+        };
+        assert!(waiting.is_transient());
+    }
 
     #[test]
     fn the_bucket_allows_a_burst_then_one_per_second() {
