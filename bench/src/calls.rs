@@ -75,6 +75,8 @@ pub struct PluginCalls {
     pub size_bytes: usize,
     /// A bare `Plugin::call` on one reused instance with the operator's limits.
     pub bare: Figure,
+    /// The same without fuel metering (the operator always meters fuel, to bound start-up).
+    pub bare_no_fuel: Figure,
     pub operator: Breakdown,
 }
 
@@ -90,16 +92,19 @@ pub struct CallReport {
 }
 
 /// A bare Extism plugin built as the operator builds one (`plugin.rs` `compile`).
-pub fn bare_plugin(wasm: &[u8], limits: &Limits) -> Result<Plugin> {
+pub fn bare_plugin(wasm: &[u8], limits: &Limits, fuel: bool) -> Result<Plugin> {
     let manifest = Manifest::new([Wasm::data(wasm.to_vec())])
         .with_memory_max(limits.memory_mib().saturating_mul(16))
         .with_timeout(Duration::from_millis(limits.timeout_ms().into()))
         .disallow_all_hosts();
-    let builder = PluginBuilder::new(manifest)
+    let mut builder = PluginBuilder::new(manifest)
         .with_wasi(true)
-        .with_fuel_limit(limits.fuel.unwrap_or(u64::MAX))
-        .with_initialization_fuel_limit(u64::from(limits.timeout_ms()) * 1_000_000)
         .with_cache_disabled();
+    if fuel {
+        builder = builder
+            .with_fuel_limit(limits.fuel.unwrap_or(u64::MAX))
+            .with_initialization_fuel_limit(u64::from(limits.timeout_ms()) * 1_000_000);
+    }
     let compiled = CompiledPlugin::new(builder)?;
     Plugin::new_from_compiled(&compiled)
 }
@@ -252,11 +257,12 @@ pub async fn run(
     for &(label, file) in plugins {
         let wasm = crate::plugin_bytes(file)?;
         // WASI blocks on tokio inside calls: off the async workers, as the operator does.
-        let (bare, out) = tokio::task::block_in_place(|| {
+        let (bare, no_fuel, out) = tokio::task::block_in_place(|| {
             let mut bare =
-                bare_plugin(&wasm, &limits).with_context(|| format!("{label} plugin"))?;
+                bare_plugin(&wasm, &limits, true).with_context(|| format!("{label} plugin"))?;
+            let no_fuel = bare_plugin(&wasm, &limits, false)?;
             let out: Vec<u8> = bare.call(RECONCILE_EXPORT, &input[..])?;
-            anyhow::Ok((bare, out))
+            anyhow::Ok((bare, no_fuel, out))
         })?;
         if out != expected {
             bail!("the {label} plugin's answer differs from the native function's");
@@ -267,7 +273,7 @@ pub async fn run(
             size_bytes: wasm.len(),
             ..Default::default()
         });
-        loaded_plugins.push((bare, loaded));
+        loaded_plugins.push((bare, no_fuel, loaded));
     }
 
     let warmup = (iterations / 20).max(10);
@@ -297,21 +303,24 @@ pub async fn run(
         }
         report.hook.add(&mut samples);
 
-        for (n, (bare, loaded)) in loaded_plugins.iter_mut().enumerate() {
-            let mut samples = Vec::with_capacity(iterations);
-            tokio::task::block_in_place(|| {
-                for i in 0..warmup + iterations {
-                    let started = Instant::now();
-                    let out: Vec<u8> = bare.call(RECONCILE_EXPORT, &input[..])?;
-                    let elapsed = started.elapsed();
-                    std::hint::black_box(out);
-                    if i >= warmup {
-                        samples.push(elapsed);
+        for (n, (bare, no_fuel, loaded)) in loaded_plugins.iter_mut().enumerate() {
+            let timed = |plugin: &mut Plugin| {
+                let mut samples = Vec::with_capacity(iterations);
+                tokio::task::block_in_place(|| {
+                    for i in 0..warmup + iterations {
+                        let started = Instant::now();
+                        let out: Vec<u8> = plugin.call(RECONCILE_EXPORT, &input[..])?;
+                        let elapsed = started.elapsed();
+                        std::hint::black_box(out);
+                        if i >= warmup {
+                            samples.push(elapsed);
+                        }
                     }
-                }
-                anyhow::Ok(())
-            })?;
-            report.plugins[n].bare.add(&mut samples);
+                    anyhow::Ok(samples)
+                })
+            };
+            report.plugins[n].bare.add(&mut timed(bare)?);
+            report.plugins[n].bare_no_fuel.add(&mut timed(no_fuel)?);
 
             let mut steps: [Vec<Duration>; 7] = Default::default();
             for i in 0..warmup + iterations {

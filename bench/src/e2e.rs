@@ -81,6 +81,8 @@ pub struct SystemRuns {
     pub restart_requests_per_reconcile: Runs,
     pub restart_cpu_ms: Runs,
     pub restart_breakdown: Requests,
+    /// wasmop's reconciles after the restart by result (first run).
+    pub restart_results: String,
     /// RSS (MiB) before the parents, after converging, and of the restarted process after
     /// reconciling them all.
     pub rss_before_mib: Runs,
@@ -433,7 +435,7 @@ async fn wait_reconciles(
         if started.elapsed() > timeout {
             bail!("{count} of {n} reconciles after {timeout:?}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -558,7 +560,8 @@ async fn run_one(
             if began.elapsed() > wait {
                 bail!("{count} of {parents} parents resynced after {wait:?}");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Not faster: rendering wasmop's /metrics costs the process CPU too.
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let span = first_at.map_or(0.05, |t| t.elapsed().as_secs_f64().max(0.05));
         let counted = n - first;
@@ -605,6 +608,17 @@ async fn run_one(
         .push(controller_requests(&d, 0) / reconciles.max(1.0));
     if runs.restart_breakdown.is_empty() {
         runs.restart_breakdown = d;
+        if let Running::Wasmop { op, ns } = &running {
+            let text = op.metrics().await?;
+            let prefix =
+                format!("wasmop_reconciles_total{{controller=\"{ns}/{CONTROLLER}\",result=\"");
+            runs.restart_results = text
+                .lines()
+                .filter_map(|l| l.strip_prefix(&prefix))
+                .map(|l| l.replace("\"} ", " "))
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
     }
     runs.rss_restarted_mib.push(rss_mib(running.pid()));
 

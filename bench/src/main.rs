@@ -101,7 +101,7 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BENCH_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -133,27 +133,40 @@ async fn main() -> Result<()> {
             let want = |phase: &str| only.is_empty() || only.iter().any(|o| o == phase);
             let started = Instant::now();
             let mut r = report::Report::new(smoke, build_seconds);
+            let phase = |name: &str, since: Instant| {
+                eprintln!("bench: {name} took {:.1} s", since.elapsed().as_secs_f64());
+            };
             if want("calls") {
                 eprintln!("bench: plugin calls ({iterations} per variant, {runs} runs)");
+                let t = Instant::now();
                 r.calls =
                     Some(calls::run(&std::env::current_exe()?, plugins, iterations, runs).await?);
+                phase("plugin calls", t);
             }
             if want("load") {
                 eprintln!("bench: plugin loads");
                 let cache =
                     std::env::temp_dir().join(format!("wasmop-bench-cache-{}", std::process::id()));
                 let (cold, warm) = if smoke { (1, 1) } else { (3, 5) };
+                let t = Instant::now();
                 r.load = Some(load::run(plugins, &cache, cold, warm).await?);
+                phase("plugin loads", t);
                 let _ = std::fs::remove_dir_all(&cache);
             }
             if want("e2e") || want("scale") {
+                let t = Instant::now();
                 let bench = e2e::Bench::start(native_bin()?).await?;
+                phase("control plane start", t);
                 r.kubernetes = bench.cp.server_version().map(str::to_string);
                 if want("e2e") {
+                    let t = Instant::now();
                     r.e2e = Some(e2e::run(&bench, parents, runs, resync).await?);
+                    phase("end to end", t);
                 }
                 if want("scale") {
+                    let t = Instant::now();
                     r.scale = Some(scale::run(&bench, &controllers).await?);
+                    phase("memory and scale", t);
                 }
             }
             r.finish(started.elapsed());

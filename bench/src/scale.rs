@@ -33,6 +33,9 @@ pub struct ScaleReport {
     pub native: Vec<Step>,
     /// RSS of the operator with no WasmController.
     pub idle_rss_mib: f64,
+    /// With the most distinct plugins, after a restart (every plugin a cache hit, no
+    /// compiler heap left over): (controllers, RSS MiB).
+    pub distinct_restarted: Option<(usize, f64)>,
 }
 
 /// `wasm` with a custom section `wasmop-bench` holding `tag`: another sha256, the same code.
@@ -167,6 +170,26 @@ pub async fn run(bench: &Bench, steps: &[usize]) -> Result<ScaleReport> {
                 latency_ms,
                 add_s,
             });
+        }
+        if distinct {
+            // The same controllers in a fresh process: every plugin comes from the cache.
+            op.stop(wasmop_e2e::StopWith::Term, Duration::from_secs(10))
+                .await?;
+            op.spawn()?;
+            op.wait_ready(Duration::from_secs(60)).await?;
+            let k = added as f64;
+            wasmop_e2e::eventually(
+                Duration::from_secs(120),
+                "every plugin loaded after the restart",
+                || async {
+                    let loaded = op.metric("wasmop_plugins_loaded", &[]).await?;
+                    Ok((loaded >= k).then_some(()))
+                },
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let pid = op.pid().unwrap_or(0);
+            report.distinct_restarted = Some((added, rss_mib(pid)));
         }
         // Stop this mode's controllers before the next operator starts.
         let wc = format!("site-{mode}");
