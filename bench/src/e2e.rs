@@ -47,8 +47,12 @@ impl System {
     }
 }
 
-/// API requests by (verb, resource/subresource, dry run), summed.
+/// API requests by (verb, resource/subresource, dry run), summed; and under keys starting
+/// with [`SECONDS`], the seconds kube-apiserver spent serving them.
 pub type Requests = BTreeMap<String, f64>;
+
+/// The prefix of [`Requests`] keys that hold seconds rather than counts.
+pub const SECONDS: &str = "seconds:";
 
 #[derive(Clone, Debug, Default)]
 pub struct SystemRuns {
@@ -149,8 +153,13 @@ impl Bench {
         let text = self.apiserver_metrics().await?;
         let mut out = Requests::new();
         for line in text.lines() {
-            let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-                continue;
+            // Counts, and (as `seconds:` keys) the time kube-apiserver spent serving them.
+            let (rest, seconds) = match line.strip_prefix("apiserver_request_total{") {
+                Some(rest) => (rest, false),
+                None => match line.strip_prefix("apiserver_request_duration_seconds_sum{") {
+                    Some(rest) => (rest, true),
+                    None => continue,
+                },
             };
             let Some((labels, value)) = rest.rsplit_once("} ") else {
                 continue;
@@ -177,8 +186,9 @@ impl Bench {
             } else {
                 " (dry run)"
             };
-            *out.entry(format!("{verb} {resource}{dry}")).or_default() +=
-                value.trim().parse::<f64>().unwrap_or(0.0);
+            let what = if seconds { SECONDS } else { "" };
+            *out.entry(format!("{what}{verb} {resource}{dry}"))
+                .or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
         }
         Ok(out)
     }
@@ -300,6 +310,7 @@ fn delta(before: &Requests, after: &Requests) -> Requests {
 /// list calls (the benchmark's and the control plane's own housekeeping are small).
 fn controller_requests(d: &Requests, creates: usize) -> f64 {
     d.iter()
+        .filter(|(k, _)| !k.starts_with(SECONDS))
         .map(|(k, v)| {
             if k == "POST websites" {
                 (v - creates as f64).max(0.0)

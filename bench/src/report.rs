@@ -358,7 +358,11 @@ fn requests_md(s: &mut String, title: &str, w: &Requests, n: &Requests, per: f64
         s,
         "\n{title} (per parent; first run):\n\n| request | wasmop | native |\n|---|---|---|"
     );
-    let mut keys: Vec<&String> = w.keys().chain(n.keys()).collect();
+    let mut keys: Vec<&String> = w
+        .keys()
+        .chain(n.keys())
+        .filter(|k| !k.starts_with(crate::e2e::SECONDS))
+        .collect();
     keys.sort();
     keys.dedup();
     for k in keys {
@@ -508,6 +512,34 @@ fn e2e_md(s: &mut String, e: &E2eReport) {
          of later runs holds what earlier runs left to the allocator.",
         per_obj(&e.wasmop),
         per_obj(&e.native)
+    );
+    // What the dry run costs: requests and kube-apiserver time per parent while converging.
+    let sum = |r: &Requests, seconds: bool, dry: bool| -> f64 {
+        r.iter()
+            .filter(|(k, _)| k.starts_with(crate::e2e::SECONDS) == seconds)
+            .filter(|(k, _)| k.ends_with("(dry run)") == dry && !k.ends_with("POST websites"))
+            .filter(|(k, _)| {
+                ["POST", "PATCH", "APPLY", "PUT", "DELETE"]
+                    .iter()
+                    .any(|v| k.contains(v))
+            })
+            .map(|(_, v)| v)
+            .sum::<f64>()
+            / e.parents as f64
+    };
+    let (w, n) = (&e.wasmop.converge_breakdown, &e.native.converge_breakdown);
+    let _ = writeln!(
+        s,
+        "\nThe dry run, while converging (first run, per parent): wasmop sent {:.2} dry-run \
+         requests that took kube-apiserver {:.1} ms to serve, and {:.2} real writes ({:.1} ms); \
+         the native controller sent {:.2} writes ({:.1} ms) and no dry run. Each reconcile waits \
+         for its dry runs one after another before it writes.",
+        sum(w, false, true),
+        sum(w, true, true) * 1e3,
+        sum(w, false, false),
+        sum(w, true, false) * 1e3,
+        sum(n, false, false),
+        sum(n, true, false) * 1e3,
     );
     if !e.wasmop.restart_results.is_empty() {
         let _ = writeln!(
