@@ -101,7 +101,7 @@ impl Report {
         if let Some(b) = self.build_seconds {
             let _ = writeln!(
                 s,
-                "| release build | {b:.0} s (`cargo build --release`, incremental from a `make test` tree) |"
+                "| release build | {b:.0} s (`cargo build --release` as `make bench` ran it: incremental when a release tree exists) |"
             );
         }
         let _ = writeln!(s, "| benchmark run | {:.0} s |", self.elapsed.as_secs_f64());
