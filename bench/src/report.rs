@@ -172,6 +172,11 @@ impl Report {
             );
             row(
                 s,
+                &format!("{} plugin, bare, without fuel metering", p.label),
+                &p.bare_no_fuel,
+            );
+            row(
+                s,
                 &format!("{} plugin, operator path (below)", p.label),
                 &p.operator.total,
             );
