@@ -1,13 +1,14 @@
 # wasmop: the verbs. Every target works on a bare machine (it installs what it needs).
 #   make dev    build everything, start the local control plane + operator, apply the sample
 #   make test   every test (unit, plugin, end-to-end on the real control plane)
+#   make bench  the benchmarks (release): prints the tables and writes BENCHMARKS.md
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 PLUGIN_DIR := target/plugins
 WASM_RUST := target/wasm32-unknown-unknown/plugin
 
-.PHONY: help setup control-plane tools build plugins crds abi deploy image cluster dev test lint fmt clean
+.PHONY: help setup control-plane tools build plugins crds abi deploy image cluster dev test bench bench-smoke lint fmt clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -70,6 +71,15 @@ test: control-plane tools build plugins
 	@bash plugins/go/build.sh check
 	$(CARGO) test --workspace --exclude wasmop-e2e --no-fail-fast
 	@bash hack/e2e.sh   # the end-to-end binaries, in parallel (E2E_JOBS, default 4)
+	@bash hack/bench.sh --smoke   # every benchmark at tiny sizes, so the code cannot rot
+
+## bench: release build, every benchmark (calls, loads, end to end, memory, scale); writes BENCHMARKS.md.
+bench: control-plane plugins
+	@bash hack/bench.sh
+
+## bench-smoke: the benchmarks at tiny sizes on a debug build (under a minute; part of make test).
+bench-smoke: control-plane plugins
+	@bash hack/bench.sh --smoke
 
 lint: tools
 	$(CARGO) fmt --all --check

@@ -780,7 +780,7 @@ fn gather_children(
     let mut by_kind = BTreeMap::new();
     for child in &rt.children {
         let mut by_name = BTreeMap::new();
-        for obj in child.watch.in_namespace(&rt.namespace) {
+        for obj in child.watch.controlled_by(&rt.namespace, &uid) {
             let ours = obj.labels().get(plan::CONTROLLER_LABEL) == Some(&label)
                 && obj
                     .owner_references()

@@ -13,6 +13,10 @@
 //! on. A subscriber that falls behind gets the current store contents replayed instead
 //! (reconciles are level-based, so nothing is lost).
 //!
+//! Each watch also indexes its objects by the uid of their controller ownerReference, so a
+//! reconcile finds one parent's children without scanning every child in the namespace
+//! ([`SharedKind::controlled_by`]).
+//!
 //! # Relists
 //! kube-runtime's reflector fills its store with a new list only at `InitDone` (the objects of
 //! `InitApply` are buffered until then). So nothing is sent for `InitApply`; at `InitDone`
@@ -81,8 +85,65 @@ pub struct SharedKind {
     /// concurrent waiters, so controllers starting together stalled until their timeout.)
     ready: tokio::sync::watch::Receiver<bool>,
     tx: broadcast::Sender<Arc<DynamicObject>>,
+    /// The store's objects by the uid of their controller (kept by the watch task).
+    owners: Arc<Mutex<OwnerIndex>>,
     task: tokio::task::AbortHandle,
     metrics: Metrics,
+}
+
+/// Objects by the uid of their controller ownerReference. Updated as the store is, right
+/// after it (so for a moment it may lag the store, as the store lags the API server).
+#[derive(Default)]
+struct OwnerIndex {
+    by_owner: HashMap<String, HashSet<ObjectRef<DynamicObject>>>,
+    owner_of: HashMap<ObjectRef<DynamicObject>, String>,
+}
+
+impl OwnerIndex {
+    fn controller_uid(obj: &DynamicObject) -> Option<&str> {
+        obj.metadata
+            .owner_references
+            .as_deref()?
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.as_str())
+    }
+
+    fn forget(&mut self, key: &ObjectRef<DynamicObject>) {
+        if let Some(owner) = self.owner_of.remove(key)
+            && let Some(set) = self.by_owner.get_mut(&owner)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_owner.remove(&owner);
+            }
+        }
+    }
+
+    fn applied(&mut self, key: ObjectRef<DynamicObject>, obj: &DynamicObject) {
+        let owner = Self::controller_uid(obj);
+        if self.owner_of.get(&key).map(String::as_str) == owner {
+            return;
+        }
+        self.forget(&key);
+        if let Some(owner) = owner {
+            self.by_owner
+                .entry(owner.to_string())
+                .or_default()
+                .insert(key.clone());
+            self.owner_of.insert(key, owner.to_string());
+        }
+    }
+
+    fn rebuild(&mut self, objects: &[Arc<DynamicObject>], resource: &ApiResource) {
+        *self = OwnerIndex::default();
+        for obj in objects {
+            self.applied(
+                ObjectRef::from_obj_with(obj.as_ref(), resource.clone()),
+                obj,
+            );
+        }
+    }
 }
 
 fn kind_label(resource: &ApiResource) -> String {
@@ -165,8 +226,10 @@ impl Watches {
             config = config.labels(labels);
         }
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let owners = Arc::new(Mutex::new(OwnerIndex::default()));
         let fanout = Fanout {
             feed: tx.clone(),
+            owners: owners.clone(),
             store: store.clone(),
             resource: resource.clone(),
             namespace: scope.namespace.clone(),
@@ -189,6 +252,7 @@ impl Watches {
             store,
             ready,
             tx,
+            owners,
             task: task.abort_handle(),
             metrics: self.metrics.clone(),
         }
@@ -198,6 +262,7 @@ impl Watches {
 /// Sends a watch's changes to its subscribers once the store has them.
 struct Fanout {
     feed: broadcast::Sender<Arc<DynamicObject>>,
+    owners: Arc<Mutex<OwnerIndex>>,
     store: Store<DynamicObject>,
     resource: ApiResource,
     namespace: String,
@@ -221,8 +286,15 @@ impl Fanout {
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
             match event {
-                Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
+                Ok(watcher::Event::Apply(obj)) => {
+                    let key = ObjectRef::from_obj_with(&obj, self.resource.clone());
+                    self.owners.lock().unwrap().applied(key, &obj);
                     let _ = self.feed.send(Arc::new(obj)); // no subscribers yet is fine
+                }
+                Ok(watcher::Event::Delete(obj)) => {
+                    let key = ObjectRef::from_obj_with(&obj, self.resource.clone());
+                    self.owners.lock().unwrap().forget(&key);
+                    let _ = self.feed.send(Arc::new(obj));
                 }
                 Ok(watcher::Event::Init) => self.before_relist = self.store.state(),
                 Ok(watcher::Event::InitApply(_)) => {} // not in the store before InitDone
@@ -245,6 +317,7 @@ impl Fanout {
     /// The new list is in the store: every object of it, and every one that vanished.
     fn relisted(&mut self) {
         let now = self.store.state();
+        self.owners.lock().unwrap().rebuild(&now, &self.resource);
         let present: HashSet<ObjectRef<DynamicObject>> = now
             .iter()
             .map(|o| ObjectRef::from_obj_with(o.as_ref(), self.resource.clone()))
@@ -265,6 +338,26 @@ impl SharedKind {
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<DynamicObject>> {
         self.store
             .state_filter(|o| o.namespace().as_deref() == Some(namespace))
+    }
+
+    /// Objects in `namespace` whose controller ownerReference has `owner_uid`, from the cache:
+    /// what a scan of [`SharedKind::in_namespace`] for them finds, without the scan (a
+    /// reconcile asks this for every parent, and the namespace may hold thousands of children).
+    pub fn controlled_by(&self, namespace: &str, owner_uid: &str) -> Vec<Arc<DynamicObject>> {
+        let keys: Vec<ObjectRef<DynamicObject>> = {
+            let owners = self.owners.lock().unwrap();
+            owners
+                .by_owner
+                .get(owner_uid)
+                .map(|set| {
+                    set.iter()
+                        .filter(|k| k.namespace.as_deref() == Some(namespace))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        keys.iter().filter_map(|k| self.store.get(k)).collect()
     }
 
     /// Every object in `namespace` now, then every change to one (including deletions). The
@@ -295,5 +388,79 @@ impl SharedKind {
             },
         );
         stream::iter(initial).chain(live.flat_map(stream::iter))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configmap() -> ApiResource {
+        ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&())
+    }
+
+    fn child(name: &str, owner: Option<&str>, controller: bool) -> DynamicObject {
+        let refs: Vec<serde_json::Value> = owner
+            .map(|uid| {
+                serde_json::json!({"apiVersion": "example.com/v1", "kind": "Website",
+                    "name": "p", "uid": uid, "controller": controller})
+            })
+            .into_iter()
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "team", "ownerReferences": refs},
+        }))
+        .unwrap()
+    }
+
+    fn owned(index: &OwnerIndex, uid: &str) -> Vec<String> {
+        let mut names: Vec<String> = index
+            .by_owner
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .map(|k| k.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn key(obj: &DynamicObject) -> ObjectRef<DynamicObject> {
+        ObjectRef::from_obj_with(obj, configmap())
+    }
+
+    #[test]
+    fn the_owner_index_follows_applies_deletes_and_a_change_of_controller() {
+        let mut index = OwnerIndex::default();
+        let (a, b) = (child("a", Some("p1"), true), child("b", Some("p1"), true));
+        index.applied(key(&a), &a);
+        index.applied(key(&b), &b);
+        index.applied(key(&b), &b); // an update that keeps the owner
+        let free = child("free", Some("p1"), false); // owned, but not controlled
+        index.applied(key(&free), &free);
+        assert_eq!(owned(&index, "p1"), ["a", "b"]);
+        let moved = child("b", Some("p2"), true);
+        index.applied(key(&moved), &moved);
+        assert_eq!(owned(&index, "p1"), ["a"]);
+        assert_eq!(owned(&index, "p2"), ["b"]);
+        let orphaned = child("a", None, false);
+        index.applied(key(&orphaned), &orphaned);
+        index.forget(&key(&moved));
+        assert!(index.by_owner.is_empty() && index.owner_of.is_empty());
+    }
+
+    #[test]
+    fn a_relist_rebuilds_the_owner_index_from_the_store() {
+        let mut index = OwnerIndex::default();
+        let gone = child("gone", Some("p1"), true);
+        index.applied(key(&gone), &gone);
+        let now = [
+            Arc::new(child("c", Some("p1"), true)),
+            Arc::new(child("d", Some("p3"), true)),
+        ];
+        index.rebuild(&now, &configmap());
+        assert_eq!(owned(&index, "p1"), ["c"]);
+        assert_eq!(owned(&index, "p3"), ["d"]);
     }
 }

@@ -1,0 +1,347 @@
+//! Plugin call benchmarks: the Website logic as a native function, behind a loopback HTTP
+//! hook, and as the Rust, JS and Go plugins, both as a bare Extism call and through the
+//! operator's own path (gather, serialise, dispatch, call, parse, plan) broken down by step.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use extism::{CompiledPlugin, Manifest, Plugin, PluginBuilder, Wasm};
+use hyper::body::Bytes;
+use serde_json::json;
+use wasmop::crd::{KindRef, Limits};
+use wasmop::plan::{self, Identity, ObjRef, Owned, ResponseLimits};
+use wasmop::plugin::{Budget, Host, LoadedPlugin};
+use wasmop_abi::{RECONCILE_EXPORT, ReconcileRequest, ReconcileResponse};
+
+use crate::fixture;
+use crate::stats::{Percentiles, Runs, us};
+
+/// The plugins measured: (label, file under target/plugins without `.wasm`).
+pub const PLUGINS: [(&str, &str); 3] = [
+    ("Rust", "website-rust"),
+    ("JS", "website-js"),
+    ("Go", "website-go"),
+];
+
+/// Every limit on, as a WasmController would set them: memory, wall-clock timeout and fuel.
+pub fn limits() -> Limits {
+    Limits {
+        memory_mib: Some(64),
+        timeout_ms: Some(1000),
+        fuel: Some(10_000_000_000),
+    }
+}
+
+/// p50 and p99 over several runs (µs).
+#[derive(Clone, Debug, Default)]
+pub struct Figure {
+    pub p50: Runs,
+    pub p99: Runs,
+}
+
+impl Figure {
+    fn add(&mut self, samples: &mut [Duration]) {
+        let p = Percentiles::of(samples);
+        self.p50.push(us(p.p50));
+        self.p99.push(us(p.p99));
+    }
+}
+
+/// The operator's path for one plugin, step by step (µs).
+#[derive(Clone, Debug, Default)]
+pub struct Breakdown {
+    /// `kinds::clean` of the parent and its children, and the request built from them.
+    pub gather: Figure,
+    /// `serde_json::to_vec(&request)`.
+    pub serialise: Figure,
+    /// Waiting for a call slot, the hop to the blocking pool, taking a lane and (every
+    /// 256th call) starting a fresh instance: `LoadedPlugin::call` minus the time in the plugin.
+    pub dispatch: Figure,
+    /// Time inside the plugin as `LoadedPlugin::call` reports it.
+    pub plugin: Figure,
+    /// Output size check, parsing the response, response limits.
+    pub parse: Figure,
+    /// `plan::plan`: validation and the SSA bodies.
+    pub plan: Figure,
+    /// All of the above, timed as one.
+    pub total: Figure,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PluginCalls {
+    pub label: &'static str,
+    pub size_bytes: usize,
+    /// A bare `Plugin::call` on one reused instance with the operator's limits.
+    pub bare: Figure,
+    /// The same without fuel metering (the operator always meters fuel, to bound start-up).
+    pub bare_no_fuel: Figure,
+    pub operator: Breakdown,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CallReport {
+    pub request_bytes: usize,
+    pub parent_bytes: usize,
+    pub iterations: usize,
+    pub runs: usize,
+    pub native: Figure,
+    pub hook: Figure,
+    pub plugins: Vec<PluginCalls>,
+}
+
+/// A bare Extism plugin built as the operator builds one (`plugin.rs` `compile`).
+pub fn bare_plugin(wasm: &[u8], limits: &Limits, fuel: bool) -> Result<Plugin> {
+    let manifest = Manifest::new([Wasm::data(wasm.to_vec())])
+        .with_memory_max(limits.memory_mib().saturating_mul(16))
+        .with_timeout(Duration::from_millis(limits.timeout_ms().into()))
+        .disallow_all_hosts();
+    let mut builder = PluginBuilder::new(manifest)
+        .with_wasi(true)
+        .with_cache_disabled();
+    if fuel {
+        builder = builder
+            .with_fuel_limit(limits.fuel.unwrap_or(u64::MAX))
+            .with_initialization_fuel_limit(u64::from(limits.timeout_ms()) * 1_000_000);
+    }
+    let compiled = CompiledPlugin::new(builder)?;
+    Plugin::new_from_compiled(&compiled)
+}
+
+/// The plugin loaded by the operator's host, as a WasmController with `limits` would get it.
+pub async fn loaded(host: &Host, wasm: &[u8], limits: &Limits) -> Result<Arc<LoadedPlugin>> {
+    let bytes = wasmop::source::decode(wasm)?;
+    Ok(host.load(&bytes, limits, 1).await?)
+}
+
+/// Everything `plan::plan` needs that the operator takes from its runtime.
+struct PlanContext {
+    identity: Identity,
+    child_kinds: Vec<KindRef>,
+    owned: Vec<Owned>,
+    limits: ResponseLimits,
+}
+
+impl PlanContext {
+    fn new() -> Self {
+        let owned = fixture::children()
+            .into_iter()
+            .map(|(resource, obj)| Owned {
+                target: ObjRef {
+                    api_version: resource.api_version,
+                    kind: resource.kind,
+                    namespace: fixture::NAMESPACE.into(),
+                    name: obj.metadata.name.unwrap_or_default(),
+                },
+                uid: obj.metadata.uid.unwrap_or_default(),
+            })
+            .collect();
+        PlanContext {
+            identity: Identity::new(fixture::NAMESPACE, fixture::CONTROLLER),
+            child_kinds: vec![
+                KindRef {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                },
+                KindRef {
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                },
+            ],
+            owned,
+            limits: ResponseLimits::default(),
+        }
+    }
+}
+
+/// Per-step durations of one operator-path call.
+struct Steps([Duration; 7]);
+
+/// One reconcile's plugin part, as `controller.rs` `reconcile_parent` does it (steps 3–5).
+async fn operator_path(
+    plugin: &Arc<LoadedPlugin>,
+    ctx: &PlanContext,
+    parent: &kube::api::DynamicObject,
+    children: &[(kube::api::ApiResource, kube::api::DynamicObject)],
+) -> Result<Steps> {
+    let t0 = Instant::now();
+    let parent_json = wasmop::kinds::clean(parent.clone(), &fixture::website_resource());
+    let mut by_kind: std::collections::BTreeMap<_, std::collections::BTreeMap<_, _>> =
+        Default::default();
+    for (resource, obj) in children {
+        by_kind
+            .entry(wasmop_abi::child_key(&resource.api_version, &resource.kind))
+            .or_default()
+            .insert(
+                obj.metadata.name.clone().unwrap_or_default(),
+                wasmop::kinds::clean(obj.clone(), resource),
+            );
+    }
+    let request = ReconcileRequest {
+        abi_version: wasmop_abi::ABI_VERSION.into(),
+        controller: wasmop_abi::ControllerInfo {
+            name: fixture::CONTROLLER.into(),
+            namespace: fixture::NAMESPACE.into(),
+            config: json!({"replicas": 2}),
+        },
+        object: parent_json.clone(),
+        children: by_kind,
+        related: Default::default(),
+        finalizing: false,
+    };
+    let t1 = Instant::now();
+    let input = serde_json::to_vec(&request)?;
+    let t2 = Instant::now();
+    let output = plugin.call(RECONCILE_EXPORT, input).await?;
+    let t3 = Instant::now();
+    ctx.limits.check_output(output.output.len())?;
+    let response: ReconcileResponse = serde_json::from_slice(&output.output)?;
+    ctx.limits.check(&response)?;
+    let t4 = Instant::now();
+    let input = plan::Input {
+        identity: &ctx.identity,
+        parent: &parent_json,
+        child_kinds: &ctx.child_kinds,
+        related: &[],
+        owned: &ctx.owned,
+        finalizing: false,
+    };
+    let plan = plan::plan(&input, response)?;
+    let t5 = Instant::now();
+    std::hint::black_box(plan);
+    let call = t3 - t2;
+    Ok(Steps([
+        t1 - t0,
+        t2 - t1,
+        call.saturating_sub(output.elapsed),
+        output.elapsed,
+        t4 - t3,
+        t5 - t4,
+        t5 - t0,
+    ]))
+}
+
+/// Runs the call benchmarks: `runs` runs of `iterations` calls per variant.
+pub async fn run(
+    exe: &Path,
+    plugins: &[(&'static str, &'static str)],
+    iterations: usize,
+    runs: usize,
+) -> Result<CallReport> {
+    let input = fixture::request_bytes();
+    let mut report = CallReport {
+        request_bytes: input.len(),
+        parent_bytes: serde_json::to_vec(&fixture::request().object)?.len(),
+        iterations,
+        runs,
+        ..Default::default()
+    };
+    let expected = wasmop_pdk::call_json(&input, website_plugin::reconcile)?;
+
+    let server = crate::hook::Server::start(exe)?;
+    let mut hook = crate::hook::Client::connect(server.addr).await?;
+    let body = Bytes::from(input.clone());
+    let (out, _) = hook.call(body.clone()).await?;
+    if out != expected {
+        bail!("the HTTP hook's answer differs from the native function's");
+    }
+
+    let limits = limits();
+    // Calls never wait for a slot here: one caller.
+    let host = Host::with_budget(None, Budget::default())?;
+    let ctx = PlanContext::new();
+    let parent = fixture::parent();
+    let children = fixture::children();
+    let mut loaded_plugins = Vec::new();
+    for &(label, file) in plugins {
+        let wasm = crate::plugin_bytes(file)?;
+        // WASI blocks on tokio inside calls: off the async workers, as the operator does.
+        let (bare, no_fuel, out) = tokio::task::block_in_place(|| {
+            let mut bare =
+                bare_plugin(&wasm, &limits, true).with_context(|| format!("{label} plugin"))?;
+            let no_fuel = bare_plugin(&wasm, &limits, false)?;
+            let out: Vec<u8> = bare.call(RECONCILE_EXPORT, &input[..])?;
+            anyhow::Ok((bare, no_fuel, out))
+        })?;
+        if out != expected {
+            bail!("the {label} plugin's answer differs from the native function's");
+        }
+        let loaded = loaded(&host, &wasm, &limits).await?;
+        report.plugins.push(PluginCalls {
+            label,
+            size_bytes: wasm.len(),
+            ..Default::default()
+        });
+        loaded_plugins.push((bare, no_fuel, loaded));
+    }
+
+    let warmup = (iterations / 20).max(10);
+    for _ in 0..runs {
+        // Native.
+        let mut samples = Vec::with_capacity(iterations);
+        for i in 0..warmup + iterations {
+            let started = Instant::now();
+            let out =
+                wasmop_pdk::call_json(std::hint::black_box(&input), website_plugin::reconcile)?;
+            let elapsed = started.elapsed();
+            std::hint::black_box(out);
+            if i >= warmup {
+                samples.push(elapsed);
+            }
+        }
+        report.native.add(&mut samples);
+
+        // HTTP hook.
+        let mut samples = Vec::with_capacity(iterations);
+        for i in 0..warmup + iterations {
+            let (out, elapsed) = hook.call(body.clone()).await?;
+            std::hint::black_box(out);
+            if i >= warmup {
+                samples.push(elapsed);
+            }
+        }
+        report.hook.add(&mut samples);
+
+        for (n, (bare, no_fuel, loaded)) in loaded_plugins.iter_mut().enumerate() {
+            let timed = |plugin: &mut Plugin| {
+                let mut samples = Vec::with_capacity(iterations);
+                tokio::task::block_in_place(|| {
+                    for i in 0..warmup + iterations {
+                        let started = Instant::now();
+                        let out: Vec<u8> = plugin.call(RECONCILE_EXPORT, &input[..])?;
+                        let elapsed = started.elapsed();
+                        std::hint::black_box(out);
+                        if i >= warmup {
+                            samples.push(elapsed);
+                        }
+                    }
+                    anyhow::Ok(samples)
+                })
+            };
+            report.plugins[n].bare.add(&mut timed(bare)?);
+            report.plugins[n].bare_no_fuel.add(&mut timed(no_fuel)?);
+
+            let mut steps: [Vec<Duration>; 7] = Default::default();
+            for i in 0..warmup + iterations {
+                let s = operator_path(loaded, &ctx, &parent, &children).await?;
+                if i >= warmup {
+                    for (v, d) in steps.iter_mut().zip(s.0) {
+                        v.push(d);
+                    }
+                }
+            }
+            let b = &mut report.plugins[n].operator;
+            let [g, s, d, p, r, pl, t] = &mut steps;
+            b.gather.add(g);
+            b.serialise.add(s);
+            b.dispatch.add(d);
+            b.plugin.add(p);
+            b.parse.add(r);
+            b.plan.add(pl);
+            b.total.add(t);
+        }
+    }
+    drop(server);
+    Ok(report)
+}
