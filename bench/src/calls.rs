@@ -166,7 +166,8 @@ async fn operator_path(
     children: &[(kube::api::ApiResource, kube::api::DynamicObject)],
 ) -> Result<Steps> {
     let t0 = Instant::now();
-    let parent_json = wasmop::kinds::clean(parent.clone(), &fixture::website_resource());
+    let parent_json =
+        wasmop::kinds::clean(parent.clone(), &wasmop_e2e::website::website_resource());
     let mut by_kind: std::collections::BTreeMap<_, std::collections::BTreeMap<_, _>> =
         Default::default();
     for (resource, obj) in children {

@@ -9,21 +9,12 @@
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 use wasmop_abi::{ABI_VERSION, ControllerInfo, ReconcileRequest};
+use wasmop_e2e::website::website_resource;
 
 pub const NAMESPACE: &str = "team-bench";
 pub const CONTROLLER: &str = "website";
 pub const PARENT: &str = "shop";
 const UID: &str = "5b0f6c1e-8d3f-4c4e-9a55-2f1d1d7a0b11";
-
-pub fn website_resource() -> ApiResource {
-    ApiResource {
-        group: "example.com".into(),
-        version: "v1".into(),
-        api_version: "example.com/v1".into(),
-        kind: "Website".into(),
-        plural: "websites".into(),
-    }
-}
 
 pub fn configmap_resource() -> ApiResource {
     ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&())

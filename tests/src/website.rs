@@ -82,6 +82,20 @@ pub async fn put_plugin(client: &Client, ns: &str, name: &str, wasm: Vec<u8>) ->
     Ok(())
 }
 
+/// Server-side-applies ConfigMap `name` with `data` (the test owns its fields).
+pub async fn apply_config_map(client: &Client, ns: &str, name: &str, data: Value) -> Result<()> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                    "data": data});
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&cm),
+    )
+    .await?;
+    Ok(())
+}
+
 pub async fn apply_controller(
     client: &Client,
     ns: &str,

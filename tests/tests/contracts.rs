@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -19,16 +18,7 @@ use wasmop_e2e::{Operator, eventually, operator, plugin};
 const REACT: Duration = Duration::from_secs(10);
 
 async fn infra(client: &Client, ns: &str, name: &str, ready: &str) -> Result<()> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
-                    "data": {"ready": ready}});
-    api.patch(
-        name,
-        &PatchParams::apply("e2e-test").force(),
-        &Patch::Apply(&cm),
-    )
-    .await?;
-    Ok(())
+    wasmop_e2e::website::apply_config_map(client, ns, name, json!({"ready": ready})).await
 }
 
 async fn refer(client: &Client, ns: &str, parent: &str, infra: &str) -> Result<()> {

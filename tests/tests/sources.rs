@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -28,16 +27,7 @@ fn website_js() -> String {
 }
 
 async fn put_js(client: &Client, ns: &str, name: &str, source: &str) -> Result<()> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
-                    "data": {"plugin.js": source}});
-    api.patch(
-        name,
-        &PatchParams::apply("e2e-test").force(),
-        &Patch::Apply(&cm),
-    )
-    .await?;
-    Ok(())
+    wasmop_e2e::website::apply_config_map(client, ns, name, json!({"plugin.js": source})).await
 }
 
 async fn js_controller(client: &Client, ns: &str, name: &str, cm: &str) -> Result<()> {
