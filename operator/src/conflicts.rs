@@ -49,6 +49,8 @@ impl std::fmt::Display for Contest {
 
 struct Registration {
     token: u64,
+    /// The controller's namespace: only a contest over an object there is about it.
+    namespace: String,
     health: mpsc::UnboundedSender<()>,
     recorder: Recorder,
 }
@@ -77,6 +79,7 @@ impl Board {
     /// contested objects are recorded with `recorder` (as its own account).
     pub fn register(
         &self,
+        namespace: &str,
         identity: &Identity,
         health: mpsc::UnboundedSender<()>,
         recorder: Recorder,
@@ -89,6 +92,7 @@ impl Board {
             id,
             Registration {
                 token,
+                namespace: namespace.into(),
                 health,
                 recorder,
             },
@@ -136,6 +140,16 @@ impl Board {
                     continue;
                 }
                 let id = id.to_string();
+                // Only a running controller of the contested object's namespace: anyone may
+                // write with a field manager named like another team's controller, and that
+                // must not put a contest on that team's status.
+                if inner
+                    .controllers
+                    .get(&id)
+                    .is_none_or(|r| r.namespace != target.namespace)
+                {
+                    continue;
+                }
                 let contest = Contest {
                     by: by.into(),
                     parent: parent.into(),
@@ -262,17 +276,61 @@ mod tests {
         assert_eq!(conflicting_fields(MANY), [".data.a", ".data.b", ".data.c"]);
     }
 
+    fn config_map(namespace: &str) -> ObjRef {
+        ObjRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: namespace.into(),
+            name: "shared".into(),
+        }
+    }
+
+    /// A recorder whose Events go nowhere (nothing listens on port 9).
+    fn recorder() -> Recorder {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let reporter = kube::runtime::events::Reporter {
+            controller: "test".into(),
+            instance: None,
+        };
+        Recorder::new(client, reporter)
+    }
+
+    /// Team B writes an object of its own with a field manager named like team A's
+    /// controller; its controller is then refused with a conflict naming that manager. That
+    /// must not show up on team A's controller, nor on one that is not running.
+    #[tokio::test]
+    async fn a_conflict_in_another_namespace_never_reaches_a_controller() {
+        let board = Board::default();
+        let victim = Identity::new("team-a", "first");
+        let (health, mut told) = mpsc::unbounded_channel();
+        board.register("team-a", &victim, health, recorder());
+        let spoofed = r#"Apply failed with 1 conflict: conflict with "wasmop.dev/team-a.first" using v1: .data.a"#;
+        let b = Identity::new("team-b", "ctl");
+        board
+            .report("team-b/ctl", &b, "p", &config_map("team-b"), spoofed)
+            .await;
+        assert!(board.against(&victim).is_empty());
+        assert!(
+            told.try_recv().is_err(),
+            "team A's status is not even refreshed"
+        );
+        let absent = r#"Apply failed with 1 conflict: conflict with "wasmop.dev/team-a.gone" using v1: .data.a"#;
+        let a = Identity::new("team-a", "ctl");
+        board
+            .report("team-a/ctl", &a, "p", &config_map("team-a"), absent)
+            .await;
+        assert!(board.against(&Identity::new("team-a", "gone")).is_empty());
+    }
+
     #[tokio::test]
     async fn a_contest_is_held_against_the_named_controller_until_withdrawn() {
         let board = Board::default();
         let first = Identity::new("team-a", "first");
         let second = Identity::new("team-a", "second");
-        let target = ObjRef {
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            namespace: "team-a".into(),
-            name: "shared".into(),
-        };
+        let target = config_map("team-a");
+        let (health, _) = mpsc::unbounded_channel();
+        board.register("team-a", &first, health, recorder());
         board
             .report("team-a/second", &second, "p", &target, MANY)
             .await;

@@ -306,7 +306,7 @@ impl Runtime {
             instance: std::env::var("POD_NAME").ok(),
         };
         let recorder = Recorder::new(client.clone(), reporter);
-        let board_token = board.register(&identity, health.clone(), recorder.clone());
+        let board_token = board.register(&namespace, &identity, health.clone(), recorder.clone());
         let (triggers_tx, triggers) = mpsc::unbounded_channel();
         let tracker = Tracker::new(
             client.clone(),
