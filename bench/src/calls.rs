@@ -11,8 +11,8 @@ use extism::{CompiledPlugin, Manifest, Plugin, PluginBuilder, Wasm};
 use hyper::body::Bytes;
 use serde_json::json;
 use wasmop::crd::{KindRef, Limits};
-use wasmop::plan::{self, Identity, ObjRef, Owned, ResponseLimits};
 use wasmop::plugin::{Budget, Host, LoadedPlugin};
+use wasmop::reconcile::plan::{self, Identity, ObjRef, Owned, ResponseLimits};
 use wasmop_abi::{RECONCILE_EXPORT, ReconcileRequest, ReconcileResponse};
 
 use crate::fixture;
@@ -111,7 +111,7 @@ pub fn bare_plugin(wasm: &[u8], limits: &Limits, fuel: bool) -> Result<Plugin> {
 
 /// The plugin loaded by the operator's host, as a WasmController with `limits` would get it.
 pub async fn loaded(host: &Host, wasm: &[u8], limits: &Limits) -> Result<Arc<LoadedPlugin>> {
-    let bytes = wasmop::source::decode(wasm)?;
+    let bytes = wasmop::plugin::source::decode(wasm)?;
     Ok(host.load(&bytes, limits, 1).await?)
 }
 
@@ -167,7 +167,7 @@ async fn operator_path(
 ) -> Result<Steps> {
     let t0 = Instant::now();
     let parent_json =
-        wasmop::kinds::clean(parent.clone(), &wasmop_e2e::website::website_resource());
+        wasmop::cluster::kinds::clean(parent.clone(), &wasmop_e2e::website::website_resource());
     let mut by_kind: std::collections::BTreeMap<_, std::collections::BTreeMap<_, _>> =
         Default::default();
     for (resource, obj) in children {
@@ -176,7 +176,7 @@ async fn operator_path(
             .or_default()
             .insert(
                 obj.metadata.name.clone().unwrap_or_default(),
-                wasmop::kinds::clean(obj.clone(), resource),
+                wasmop::cluster::kinds::clean(obj.clone(), resource),
             );
     }
     let request = ReconcileRequest {

@@ -122,7 +122,7 @@ pub fn children() -> Vec<(ApiResource, DynamicObject)> {
 
 /// The request the operator builds from [`parent`] and [`children`] (with `kinds::clean`).
 pub fn request() -> ReconcileRequest {
-    let object = wasmop::kinds::clean(parent(), &website_resource());
+    let object = wasmop::cluster::kinds::clean(parent(), &website_resource());
     let mut request = ReconcileRequest {
         abi_version: ABI_VERSION.into(),
         controller: ControllerInfo {
@@ -142,7 +142,7 @@ pub fn request() -> ReconcileRequest {
             .children
             .entry(key)
             .or_default()
-            .insert(name, wasmop::kinds::clean(obj, &resource));
+            .insert(name, wasmop::cluster::kinds::clean(obj, &resource));
     }
     request
 }

@@ -40,7 +40,7 @@ pub async fn run(
     let mut out = Vec::new();
     for &(label, file) in plugins {
         let wasm = crate::plugin_bytes(file)?;
-        let bytes = wasmop::source::decode(&wasm)?;
+        let bytes = wasmop::plugin::source::decode(&wasm)?;
         let mut load = PluginLoad {
             label,
             size_bytes: wasm.len(),

@@ -5,55 +5,25 @@
 //! children and related objects) to the plugin and server-side-applies what comes back, as
 //! the team's own ServiceAccount.
 //!
-//! Where things are (the reconcile path is `controller.rs`, top-down):
+//! Where things are (folders by role; the reconcile path reads top-down from
+//! `reconcile/controller.rs`):
 //! - [`manager`]: watches WasmControllers; starts, hot-reloads and stops their controllers.
-//! - [`controller`]: one parent's reconcile: gather → plugin call → plan → execute.
-//! - [`plan`]: validates a plugin response into SSA applies and a prune set (pure).
-//! - [`execute`]: writes a plan: ownership of children, dry run, create/apply/prune, events.
-//! - [`conflicts`]: a field two controllers write, reported on both of them.
-//! - [`finalizers`]: this controller's finalizer on parents: add, remove, release them all.
-//! - [`kinds`]: a kind's API resource (cached discovery) and an object as a plugin sees it.
-//! - [`plugin`]: the Extism host (the only module naming extism/wasmtime): compile cache,
-//!   instance pool, limits, error classification.
-//! - [`source`]: plugin bytes from a ConfigMap (wasm or JavaScript), URL, OCI or file; sha256.
-//! - [`remote`]: `url` and `oci` sources: allowed hosts, digests, cosign signatures.
-//! - [`watches`]: watches and caches opened as a team's account in its namespace, shared.
-//! - [`related`]: `spec.related`: API-contract references and selectors.
-//! - [`triggers`]: related objects' watches, and the parents a change to one re-reconciles.
-//! - [`access`]: impersonated clients and cached access reviews (least privilege).
-//! - [`rbac`]: the rights a controller's ServiceAccount needs (`wasmop rbac`, checked by explain).
-//! - [`api_error`]: the API server's reason and message as a person reads them.
+//! - [`reconcile`]: one parent's reconcile: gather → plugin call → plan → execute, with
+//!   related objects, finalizers and field conflicts.
+//! - [`plugin`]: the Extism host (the only module naming extism/wasmtime) and where plugin
+//!   bytes come from (ConfigMap, JavaScript, URL, OCI, file).
+//! - [`cluster`]: watches, impersonated access, RBAC rules, discovery, API errors, the Lease.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
-//! - [`leader`]: leader election with a Lease, so only one replica writes.
 //! - [`crd`]: the WasmController type and its CRD.
-//! - [`eval`]: `wasmop eval`: a plugin run locally against case files (plugin test suites).
-//! - [`graph`]: `wasmop graph`: controllers and the kinds they own, read, patch, finalize.
-//! - [`explain`]: `wasmop explain`: a dry-run reconcile of one live object, and what blocks it.
-//! - [`init`]: `wasmop init`: a plugin project (Rust, Go, TypeScript) with its kit vendored.
+//! - [`cli`]: `wasmop eval`, `explain`, `graph`, `init`.
 
-pub mod access;
-pub mod api_error;
-pub mod conflicts;
-pub mod controller;
+pub mod cli;
+pub mod cluster;
 pub mod crd;
-pub mod eval;
-pub mod execute;
-pub mod explain;
-pub mod finalizers;
-pub mod graph;
-pub mod init;
-pub mod kinds;
-pub mod leader;
 pub mod manager;
 pub mod metrics;
-pub mod plan;
 pub mod plugin;
-pub mod rbac;
-pub mod related;
-pub mod remote;
-pub mod source;
-pub mod triggers;
-pub mod watches;
+pub mod reconcile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -106,9 +76,9 @@ pub struct RunOptions {
     /// The JavaScript runtime `spec.plugin.source.javaScript` sources are built with.
     pub js_runtime: PathBuf,
     /// Hosts `url` and `oci` plugin sources may name, plain-HTTP hosts, required signers.
-    pub remote: remote::Policy,
+    pub remote: plugin::remote::Policy,
     /// Operator-wide limits on one plugin response.
-    pub response_limits: plan::ResponseLimits,
+    pub response_limits: reconcile::plan::ResponseLimits,
     /// Operator-wide plugin memory budget, call slots and idle-instance expiry.
     pub plugin_budget: plugin::Budget,
     /// Leader election (None: this process always leads).
@@ -142,7 +112,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
     let mut elector = opts
         .leader_election
         .map(|le| {
-            let settings = leader::Settings {
+            let settings = cluster::leader::Settings {
                 namespace: le
                     .namespace
                     .unwrap_or_else(|| config.default_namespace.clone()),
@@ -153,7 +123,10 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
                 retry_period: le.retry_period,
             };
             settings.validate()?;
-            Ok::<_, leader::SettingsError>(leader::Elector::new(client.clone(), settings))
+            Ok::<_, cluster::leader::SettingsError>(cluster::leader::Elector::new(
+                client.clone(),
+                settings,
+            ))
         })
         .transpose()?;
     let metrics = metrics::Metrics::new();
@@ -180,18 +153,18 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
     readiness.leader();
     metrics.leader.set(1);
     let ctx = Arc::new(manager::Context {
-        watches: Arc::new(watches::Watches::new(metrics.clone())),
+        watches: Arc::new(cluster::watches::Watches::new(metrics.clone())),
         host,
         loader: Arc::new(
-            source::Loader::new(opts.allow_file_plugins, opts.js_runtime, opts.cache_dir)
+            plugin::source::Loader::new(opts.allow_file_plugins, opts.js_runtime, opts.cache_dir)
                 .with_remote(opts.remote),
         ),
-        access: Arc::new(access::Access::new(client.clone())),
+        access: Arc::new(cluster::access::Access::new(client.clone())),
         client,
         config,
         metrics,
         response_limits: opts.response_limits,
-        board: Arc::new(conflicts::Board::default()),
+        board: Arc::new(reconcile::conflicts::Board::default()),
     });
     let Some(elector) = &mut elector else {
         manager::run(ctx, readiness.synced, shutdown).await;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use wasmop::plan::ResponseLimits;
 use wasmop::plugin::Budget;
+use wasmop::reconcile::plan::ResponseLimits;
 
 #[derive(Parser)]
 #[command(
@@ -173,7 +173,7 @@ enum Command {
         kubeconfig: Option<PathBuf>,
         /// `text`, or `dot` for Graphviz (`wasmop graph -o dot | dot -Tsvg > graph.svg`).
         #[arg(short = 'o', long, value_enum, default_value = "text")]
-        output: wasmop::graph::Format,
+        output: wasmop::cli::graph::Format,
     },
 }
 
@@ -346,7 +346,7 @@ impl From<PluginBudgetArgs> for Budget {
     }
 }
 
-/// Leader election between replicas (see `wasmop::leader`).
+/// Leader election between replicas (see `wasmop::cluster::leader`).
 #[derive(clap::Args, Debug)]
 struct LeaderElectionArgs {
     /// Take part in leader election with a Lease: only the holder runs controllers; the others
@@ -376,7 +376,7 @@ impl From<LeaderElectionArgs> for Option<wasmop::LeaderElection> {
         a.leader_elect.then(|| wasmop::LeaderElection {
             lease_name: a.leader_elect_lease_name,
             namespace: a.leader_elect_namespace,
-            identity: wasmop::leader::default_identity(),
+            identity: wasmop::cluster::leader::default_identity(),
             lease_duration: a.leader_elect_lease_duration,
             renew_deadline: a.leader_elect_renew_deadline,
             retry_period: a.leader_elect_retry_period,
@@ -412,12 +412,12 @@ async fn main() -> anyhow::Result<()> {
             for path in &plugin_public_keys {
                 let pem = std::fs::read_to_string(path)
                     .map_err(|e| anyhow::anyhow!("--plugin-public-key {}: {e}", path.display()))?;
-                keys.push(wasmop::remote::PublicKey::from_pem(
+                keys.push(wasmop::plugin::remote::PublicKey::from_pem(
                     &format!("--plugin-public-key {}", path.display()),
                     &pem,
                 )?);
             }
-            let remote = wasmop::remote::Policy {
+            let remote = wasmop::plugin::remote::Policy {
                 hosts: plugin_hosts,
                 insecure_hosts: insecure_plugin_hosts,
                 keys,
@@ -454,7 +454,7 @@ async fn main() -> anyhow::Result<()> {
             }
             println!(
                 "{}",
-                wasmop::remote::push(&reference, wasm, plain_http).await?
+                wasmop::plugin::remote::push(&reference, wasm, plain_http).await?
             );
             Ok(())
         }
@@ -490,8 +490,8 @@ async fn main() -> anyhow::Result<()> {
             cache_dir,
             no_cache,
         } => {
-            let logs = wasmop::eval::logs::PluginLogs::install();
-            let opts = wasmop::eval::Options {
+            let logs = wasmop::cli::eval::logs::PluginLogs::install();
+            let opts = wasmop::cli::eval::Options {
                 plugin,
                 controller,
                 finalizing: export.map(|e| e == "finalize"),
@@ -499,16 +499,18 @@ async fn main() -> anyhow::Result<()> {
                 timeout_ms,
                 fuel,
                 format: if output == "json" {
-                    wasmop::eval::Format::Json
+                    wasmop::cli::eval::Format::Json
                 } else {
-                    wasmop::eval::Format::Yaml
+                    wasmop::cli::eval::Format::Yaml
                 },
                 cache_dir: (!no_cache).then_some(cache_dir),
             };
             let mut out = std::io::stdout().lock();
             let result = match (test, case) {
-                (Some(dir), _) => wasmop::eval::test_dir(&opts, &dir, &logs, &mut out).await,
-                (None, Some(case)) => wasmop::eval::eval_case(&opts, &case, &logs, &mut out).await,
+                (Some(dir), _) => wasmop::cli::eval::test_dir(&opts, &dir, &logs, &mut out).await,
+                (None, Some(case)) => {
+                    wasmop::cli::eval::eval_case(&opts, &case, &logs, &mut out).await
+                }
                 (None, None) => unreachable!("clap requires a case or --test"),
             };
             exit_with(result)
@@ -521,36 +523,38 @@ async fn main() -> anyhow::Result<()> {
             cache_dir,
             no_cache,
         } => {
-            let logs = wasmop::eval::logs::PluginLogs::install();
+            let logs = wasmop::cli::eval::logs::PluginLogs::install();
             wasmop::install_crypto();
-            let opts = wasmop::explain::Options {
+            let opts = wasmop::cli::explain::Options {
                 target,
                 namespace,
                 kubeconfig,
                 plugin,
                 cache_dir: (!no_cache).then_some(cache_dir),
             };
-            exit_with(wasmop::explain::explain(&opts, &logs, &mut std::io::stdout().lock()).await)
+            exit_with(
+                wasmop::cli::explain::explain(&opts, &logs, &mut std::io::stdout().lock()).await,
+            )
         }
         Command::Graph {
             namespace,
             kubeconfig,
             output,
         } => {
-            let opts = wasmop::graph::Options {
+            let opts = wasmop::cli::graph::Options {
                 namespace,
                 kubeconfig,
                 format: output,
             };
-            wasmop::graph::graph(&opts, &mut std::io::stdout().lock()).await
+            wasmop::cli::graph::graph(&opts, &mut std::io::stdout().lock()).await
         }
     }
 }
 
 /// `wasmop init`: writes the project and lists its files; exit 2 with the reason otherwise.
 fn init_project(args: InitArgs) -> anyhow::Result<()> {
-    let opts = wasmop::init::Options {
-        lang: wasmop::init::Lang::parse(&args.lang)?,
+    let opts = wasmop::cli::init::Options {
+        lang: wasmop::cli::init::Lang::parse(&args.lang)?,
         dir: args.dir,
         name: args.name,
         kind: args.kind,
@@ -558,27 +562,27 @@ fn init_project(args: InitArgs) -> anyhow::Result<()> {
         version: args.version,
         children: args.children,
     };
-    match wasmop::init::init(&opts) {
+    match wasmop::cli::init::init(&opts) {
         Ok(files) => {
             for file in files {
                 println!("wrote {}", opts.dir.join(file).display());
             }
-            print!("{}", wasmop::init::next_steps(&opts));
+            print!("{}", wasmop::cli::init::next_steps(&opts));
             Ok(())
         }
-        Err(e) => exit_with::<wasmop::init::Error>(Err(e)),
+        Err(e) => exit_with::<wasmop::cli::init::Error>(Err(e)),
     }
 }
 
 /// `wasmop rbac`: the RBAC of every WasmController in the file; exit 2 with the reason otherwise.
 fn print_rbac(args: &RbacArgs) -> anyhow::Result<()> {
-    let controllers = match wasmop::rbac::read_controllers(&args.file) {
+    let controllers = match wasmop::cluster::rbac::read_controllers(&args.file) {
         Ok(c) => c,
-        Err(e) => exit_with::<wasmop::rbac::Error>(Err(e)),
+        Err(e) => exit_with::<wasmop::cluster::rbac::Error>(Err(e)),
     };
     let docs: Vec<String> = controllers
         .iter()
-        .map(|wc| wasmop::rbac::role_yaml(wc, args.namespace.as_deref()))
+        .map(|wc| wasmop::cluster::rbac::role_yaml(wc, args.namespace.as_deref()))
         .collect();
     print!("{}", docs.join("---\n"));
     Ok(())

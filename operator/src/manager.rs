@@ -27,22 +27,23 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT};
 
-use crate::access::{self, Access};
-use crate::api_error::readable;
-use crate::conflicts::Board;
-use crate::controller::{self, ChildKind, Runtime};
+use crate::cluster::access::{self, Access};
+use crate::cluster::api_error::readable;
+use crate::cluster::watches::{self, Watches};
 use crate::crd::{
     Dependencies, KindRef, PatchDependency, PluginSource, PluginStatus, WasmController,
     WasmControllerStatus,
 };
-use crate::finalizers::{
+use crate::metrics::Metrics;
+use crate::plugin::source;
+use crate::plugin::{self, Host};
+use crate::reconcile::conflicts::Board;
+use crate::reconcile::controller::{self, ChildKind, Runtime};
+use crate::reconcile::finalizers::{
     self, Finalizers, WASMCONTROLLER_FINALIZER, WASMCONTROLLER_FINALIZER_MANAGER,
 };
-use crate::metrics::Metrics;
-use crate::plan::Identity;
-use crate::plugin::{self, Host};
-use crate::watches::{self, Watches};
-use crate::{related, source};
+use crate::reconcile::plan::Identity;
+use crate::reconcile::related;
 
 /// The field manager of everything the operator itself writes (WasmController status).
 pub const FIELD_MANAGER: &str = "wasmop";
@@ -119,9 +120,9 @@ impl Error {
                 "PluginBuildFailed"
             }
             Error::Source(source::Error::Remote(
-                crate::remote::Error::DigestMismatch { .. }
-                | crate::remote::Error::Unsigned { .. }
-                | crate::remote::Error::Key { .. },
+                crate::plugin::remote::Error::DigestMismatch { .. }
+                | crate::plugin::remote::Error::Unsigned { .. }
+                | crate::plugin::remote::Error::Key { .. },
             )) => "PluginNotVerified",
             Error::Source(_) => "PluginSourceUnavailable",
             Error::Plugin(e) => e.reason(),
@@ -143,11 +144,11 @@ pub struct Context {
     pub access: Arc<Access>,
     pub metrics: Metrics,
     /// Turns plugin sources into bytes (and builds JavaScript sources).
-    pub loader: Arc<crate::source::Loader>,
+    pub loader: Arc<crate::plugin::source::Loader>,
     /// Operator-wide limits on one plugin response.
-    pub response_limits: crate::plan::ResponseLimits,
+    pub response_limits: crate::reconcile::plan::ResponseLimits,
     /// Which controller contests which other's fields (reported on both).
-    pub board: Arc<crate::conflicts::Board>,
+    pub board: Arc<crate::reconcile::conflicts::Board>,
 }
 
 type Key = (String, String);
@@ -198,7 +199,7 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: impl Futur
             }
             Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
             Some(Err(error)) => {
-                let error = crate::api_error::readable_watch(&error);
+                let error = crate::cluster::api_error::readable_watch(&error);
                 tracing::warn!(%error, "WasmController watch error; retrying with backoff");
                 continue;
             }
@@ -658,7 +659,7 @@ async fn prepare(
         .require(
             &ns,
             &spec.service_account_name,
-            crate::rbac::PARENT, // what the watches of the parent and child kinds need
+            crate::cluster::rbac::PARENT, // what the watches of the parent and child kinds need
             &readable,
         )
         .await?;
@@ -750,7 +751,7 @@ async fn open_watches(
         labels,
     };
     let parent = ctx.watches.get(client, &scope(None), &parent).await?;
-    let selector = Some(crate::plan::CONTROLLER_LABEL.to_string());
+    let selector = Some(crate::reconcile::plan::CONTROLLER_LABEL.to_string());
     let mut kinds = Vec::new();
     for (kind, ar) in children {
         kinds.push(ChildKind {
@@ -831,7 +832,7 @@ fn watch_source(
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::debug!(error = %crate::api_error::readable_watch(&error), "plugin ConfigMap watch error; retrying")
+                    tracing::debug!(error = %crate::cluster::api_error::readable_watch(&error), "plugin ConfigMap watch error; retrying")
                 }
             }
         }
@@ -1032,7 +1033,7 @@ fn condition(
         type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
-        message: crate::controller::truncate(message, 4096),
+        message: crate::reconcile::controller::truncate(message, 4096),
         observed_generation: generation,
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
     }

@@ -9,7 +9,7 @@ use wasmop::crd::Limits;
 use wasmop::plugin::{Budget, Error, Host, LoadedPlugin};
 use wasmop_abi::{ABI_VERSION, ControllerInfo, ReconcileRequest, ReconcileResponse};
 
-fn plugin_bytes(name: &str) -> wasmop::source::PluginBytes {
+fn plugin_bytes(name: &str) -> wasmop::plugin::source::PluginBytes {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,
@@ -17,7 +17,7 @@ fn plugin_bytes(name: &str) -> wasmop::source::PluginBytes {
     let path = target.join("plugins").join(format!("{name}.wasm"));
     let raw = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; run `make plugins` first", path.display()));
-    wasmop::source::decode(&raw).expect("a wasm plugin")
+    wasmop::plugin::source::decode(&raw).expect("a wasm plugin")
 }
 
 fn request(config: Value, spec: Value) -> Vec<u8> {
@@ -153,7 +153,7 @@ async fn a_missing_export_is_reported_by_name() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_that_are_not_a_plugin_fail_to_load_with_a_compile_error() {
     let host = Host::new(None).unwrap();
-    let bytes = wasmop::source::decode(b"\0asm\x01\0\0\0\x01\x05garbage").unwrap();
+    let bytes = wasmop::plugin::source::decode(b"\0asm\x01\0\0\0\x01\x05garbage").unwrap();
     let err = host
         .load(&bytes, &Limits::default(), 1)
         .await

@@ -22,7 +22,9 @@ use proptest::test_runner::Config;
 use serde_json::{Map, Value, json};
 use wasmop::crd::{KindRef, RelatedSpec, WasmControllerSpec};
 use wasmop::manager::parse_duration;
-use wasmop::plan::{self, CONTROLLER_LABEL, Identity, Input, MAX_REQUEUE, ObjRef, Owned, Plan};
+use wasmop::reconcile::plan::{
+    self, CONTROLLER_LABEL, Identity, Input, MAX_REQUEUE, ObjRef, Owned, Plan,
+};
 use wasmop_abi::ReconcileResponse;
 
 /// `cases` per property, or `PROPTEST_CASES` for a longer run.
@@ -1558,7 +1560,7 @@ fn related(name: &str, ref_: Option<String>, contract: BTreeMap<String, String>)
 /// `related::validate` either accepts every path of the entry or names the entry and one of
 /// its paths.
 fn check_related(entry: &RelatedSpec) -> Result<(), TestCaseError> {
-    match wasmop::related::validate(entry) {
+    match wasmop::reconcile::related::validate(entry) {
         Ok(()) => {}
         Err(e) => {
             let message = e.to_string();
@@ -1567,7 +1569,7 @@ fn check_related(entry: &RelatedSpec) -> Result<(), TestCaseError> {
                 "{:?} does not name the entry",
                 message
             );
-            let wasmop::related::Error::BadPath { name, path, .. } = &e else {
+            let wasmop::reconcile::related::Error::BadPath { name, path, .. } = &e else {
                 return Err(TestCaseError::fail(format!("not BadPath: {e}")));
             };
             prop_assert_eq!(name, &entry.name);
@@ -1622,7 +1624,7 @@ proptest! {
         path in jsonpath_ish(), value in json(),
     ) {
         let entry = related("r", Some(path.clone()), BTreeMap::new());
-        if wasmop::related::validate(&entry).is_ok() {
+        if wasmop::reconcile::related::validate(&entry).is_ok() {
             let hits = value.query(&path);
             prop_assert!(hits.is_ok(), "validated path {:?} failed: {:?}", path, hits.err());
         }
@@ -1858,7 +1860,7 @@ fn labels_whose_values_are_not_strings_are_refused_with_their_path() {
 fn a_bad_contract_path_is_reported_as_the_contract_field() {
     let contract = BTreeMap::from([("ready".to_owned(), "$[".to_owned())]);
     let entry = related("infra", Some("$.spec.infraRef".into()), contract);
-    let message = wasmop::related::validate(&entry)
+    let message = wasmop::reconcile::related::validate(&entry)
         .expect_err("`$[` is not a JSONPath")
         .to_string();
     assert!(

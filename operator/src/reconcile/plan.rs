@@ -128,7 +128,7 @@ fn short_name(name: &str, max: usize) -> String {
     if name.len() <= max {
         return name.into();
     }
-    let digest = crate::source::sha256_hex(name.as_bytes());
+    let digest = crate::plugin::source::sha256_hex(name.as_bytes());
     format!(
         "{}_{}",
         name[..max - 9].trim_end_matches(['-', '.']),

@@ -28,11 +28,11 @@ use wasmop_abi::{
     ReconcileResponse, Related,
 };
 
-use crate::controller;
 use crate::crd::{KindRef, Limits, WasmController};
-use crate::plan::{self, Identity, ObjRef, Owned, Plan};
+use crate::plugin::source;
 use crate::plugin::{self, Host, LoadedPlugin};
-use crate::source;
+use crate::reconcile::controller;
+use crate::reconcile::plan::{self, Identity, ObjRef, Owned, Plan};
 use case::{Case, Verdict};
 use logs::{LogLine, PluginLogs};
 

@@ -13,9 +13,9 @@ use kube::{Api, Client};
 use serde_json::Value;
 use wasmop_abi::Related;
 
-use crate::api_error::readable;
+use crate::cluster::api_error::readable;
 use crate::crd::RelatedSpec;
-use crate::plan::ObjRef;
+use crate::reconcile::plan::ObjRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -130,9 +130,9 @@ pub enum Reads<'a> {
     Direct(&'a Client),
     /// From watches opened as the team's account, noting for `parent` what it refers to, so
     /// a change to a related object re-reconciles exactly the parents that refer to it
-    /// ([`crate::triggers`]).
+    /// ([`crate::reconcile::triggers`]).
     Tracked {
-        tracker: &'a crate::triggers::Tracker,
+        tracker: &'a crate::reconcile::triggers::Tracker,
         parent: &'a str,
     },
 }
@@ -221,13 +221,13 @@ pub async fn resolve(
     let (Some(api_version), Some(kind)) = (&spec.api_version, &spec.kind) else {
         return Ok((Related::default(), None)); // ruled out by the CRD's CEL rules
     };
-    let gvk = crate::kinds::gvk(api_version, kind);
+    let gvk = crate::cluster::kinds::gvk(api_version, kind);
     let resource = discover(reads.client(), &spec.name, &gvk).await?;
     let selector = spec.selector.as_ref().map(selector_string);
     let list = reads.list(spec, &resource, namespace, selector).await?;
     let mut objects: Vec<Value> = list
         .into_iter()
-        .map(|o| crate::kinds::clean(o, &resource))
+        .map(|o| crate::cluster::kinds::clean(o, &resource))
         .collect();
     objects.sort_by(|a, b| {
         a["metadata"]["name"]
@@ -280,7 +280,7 @@ async fn resolve_ref(
             namespace: namespace.into(),
         });
     }
-    let gvk = crate::kinds::gvk(&api_version, &kind);
+    let gvk = crate::cluster::kinds::gvk(&api_version, &kind);
     // Deny by default: an empty list allows nothing (the CRD requires one entry with `ref`).
     let allowed = spec
         .allowed_kinds
@@ -304,7 +304,7 @@ async fn resolve_ref(
     let Some(obj) = reads.get(spec, &resource, namespace, &name).await? else {
         return Ok((missing_all(format!("{found} does not exist")), None));
     };
-    let obj = crate::kinds::clean(obj, &resource);
+    let obj = crate::cluster::kinds::clean(obj, &resource);
     let read = read_contract(spec, &obj, &found);
     let reason = (!read.missing.is_empty()).then(|| {
         let fields: Vec<String> = read
@@ -391,7 +391,7 @@ fn read_contract(spec: &RelatedSpec, obj: &Value, found: &str) -> ContractRead {
 }
 
 async fn discover(client: &Client, name: &str, gvk: &GroupVersionKind) -> Result<ApiResource> {
-    crate::kinds::resource_of(client, gvk)
+    crate::cluster::kinds::resource_of(client, gvk)
         .await
         .map_err(|source| Error::Discovery {
             name: name.into(),

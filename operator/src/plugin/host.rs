@@ -99,7 +99,7 @@ use extism::{CompiledPlugin, Manifest, Plugin, PluginBuilder, Wasm};
 use tokio::sync::Notify;
 
 use crate::crd::Limits;
-use crate::source::PluginBytes;
+use crate::plugin::source::PluginBytes;
 
 /// The `tracing` target of plugin log calls (Extism emits them from its `pdk` module).
 pub const PLUGIN_LOG_TARGET: &str = "extism::pdk";

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use tokio::sync::mpsc;
 
-use crate::plan::{Identity, ObjRef};
+use crate::reconcile::plan::{Identity, ObjRef};
 
 /// One controller's writes refused because they contest fields another controller owns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,7 +174,10 @@ impl Board {
             let event = Event {
                 type_: EventType::Warning,
                 reason: "FieldConflict".into(),
-                note: Some(crate::controller::truncate(&contest.to_string(), 1024)),
+                note: Some(crate::reconcile::controller::truncate(
+                    &contest.to_string(),
+                    1024,
+                )),
                 action: "Reconcile".into(),
                 secondary: None,
             };

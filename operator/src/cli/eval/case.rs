@@ -215,8 +215,8 @@ fn to_yaml(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::Planned;
-    use crate::plan::Plan;
+    use crate::cli::eval::Planned;
+    use crate::reconcile::plan::Plan;
     use wasmop_abi::ReconcileResponse;
 
     fn evaluation(response: Value) -> Evaluation {
@@ -264,7 +264,7 @@ mod tests {
         let failed = Evaluation {
             logs: vec![],
             elapsed: None,
-            result: Err(crate::controller::Error::Plugin(
+            result: Err(crate::reconcile::controller::Error::Plugin(
                 crate::plugin::Error::Failed {
                     message: "spec.replicas must be a non-negative integer".into(),
                 },

@@ -304,7 +304,7 @@ impl Fanout {
                 }
                 Err(error) => {
                     self.metrics.watch_errors.with_label_values(&[&kind]).inc();
-                    let error = crate::api_error::readable_watch(&error);
+                    let error = crate::cluster::api_error::readable_watch(&error);
                     tracing::warn!(%kind, namespace = %self.namespace, %error, "watch error; retrying with backoff");
                 }
             }

@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use kube::api::{ApiResource, GroupVersionKind};
 
 use crate::crd::{KindRef, WasmController, WasmControllerSpec};
-use crate::plan::ObjRef;
+use crate::reconcile::plan::ObjRef;
 
 /// Verbs on the parent kind.
 pub const PARENT: &[&str] = &["get", "list", "watch"];

@@ -20,10 +20,10 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::access::Access;
+use crate::cluster::access::Access;
+use crate::cluster::watches::{self, Scope, SharedKind, Watches};
 use crate::crd::RelatedSpec;
-use crate::related;
-use crate::watches::{self, Scope, SharedKind, Watches};
+use crate::reconcile::related;
 
 /// A related object, by what a reference names: (group, kind, name).
 type Target = (String, String, String);
@@ -31,7 +31,7 @@ type Target = (String, String, String);
 /// Why a related read failed (turned into a [`related::Error`] naming the entry).
 #[derive(Debug)]
 pub enum Error {
-    Access(crate::access::Error),
+    Access(crate::cluster::access::Error),
     Watch(watches::Error),
 }
 
@@ -199,7 +199,7 @@ impl Tracker {
             .require(
                 &self.namespace,
                 &self.service_account,
-                crate::rbac::RELATED,
+                crate::cluster::rbac::RELATED,
                 &[(resource.group.clone(), resource.plural.clone())],
             )
             .await

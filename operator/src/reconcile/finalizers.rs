@@ -19,9 +19,9 @@ use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use crate::api_error::{is_forbidden, readable};
-use crate::controller::{self, Runtime};
-use crate::plan::{Identity, ObjRef};
+use crate::cluster::api_error::{is_forbidden, readable};
+use crate::reconcile::controller::{self, Runtime};
+use crate::reconcile::plan::{Identity, ObjRef};
 
 /// The WasmController's own finalizer while its parents may hold this controller's.
 pub const WASMCONTROLLER_FINALIZER: &str = "wasmop.dev/release-parents";

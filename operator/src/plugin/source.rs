@@ -1,5 +1,5 @@
 //! Where plugin bytes come from: a ConfigMap key, JavaScript source in a ConfigMap (built
-//! here with the operator's JavaScript runtime), a URL or an OCI registry ([`crate::remote`]),
+//! here with the operator's JavaScript runtime), a URL or an OCI registry ([`crate::plugin::remote`]),
 //! or (for development) a file. Decompresses
 //! gzip/zstd by magic bytes, checks that the result is WebAssembly, and computes its sha256,
 //! which names the plugin everywhere else (compile cache, status, metrics).
@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 
-use crate::api_error::readable;
+use crate::cluster::api_error::readable;
 use crate::crd::{ConfigMapKey, PluginSource};
 
 /// Decompressed plugins larger than this are refused (a zip bomb must not take the operator down).
@@ -85,7 +85,7 @@ pub enum Error {
         source: wasmop_js_build::Error,
     },
     #[error(transparent)]
-    Remote(#[from] crate::remote::Error),
+    Remote(#[from] crate::plugin::remote::Error),
     #[error("building the JavaScript in ConfigMap {namespace}/{name} key {key}: {source}")]
     JavaScript {
         namespace: String,
@@ -130,7 +130,7 @@ pub struct Loader {
     /// One JavaScript build at a time: a build takes a core for a second or two.
     js_builds: tokio::sync::Semaphore,
     /// Which hosts `url` and `oci` sources may name, and the keys OCI plugins need.
-    pub remote: crate::remote::Policy,
+    pub remote: crate::plugin::remote::Policy,
 }
 
 impl Loader {
@@ -140,12 +140,12 @@ impl Loader {
             js_runtime,
             cache_dir,
             js_builds: tokio::sync::Semaphore::new(1),
-            remote: crate::remote::Policy::default(),
+            remote: crate::plugin::remote::Policy::default(),
         }
     }
 
     /// With the admin's policy for `url` and `oci` sources.
-    pub fn with_remote(mut self, remote: crate::remote::Policy) -> Self {
+    pub fn with_remote(mut self, remote: crate::plugin::remote::Policy) -> Self {
         self.remote = remote;
         self
     }
@@ -255,9 +255,9 @@ pub async fn load(
         }
         raw
     } else if let Some(url) = &source.url {
-        crate::remote::fetch_url(&loader.remote, url, loader.cache_dir.as_ref()).await?
+        crate::plugin::remote::fetch_url(&loader.remote, url, loader.cache_dir.as_ref()).await?
     } else if let Some(oci) = &source.oci {
-        crate::remote::pull_oci(&loader.remote, oci, loader.cache_dir.as_ref()).await?
+        crate::plugin::remote::pull_oci(&loader.remote, oci, loader.cache_dir.as_ref()).await?
     } else if let Some(path) = &source.file {
         if !loader.allow_files {
             return Err(Error::FileSourceDisabled);

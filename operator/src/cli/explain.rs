@@ -4,7 +4,7 @@
 //! For each WasmController in the namespace whose `spec.parent` is KIND, it reads what the
 //! controller reads (the parent, the children this controller owns, related objects, the
 //! plugin from its source), runs the plugin locally with the controller's limits through the
-//! same path as a live reconcile ([`crate::eval::evaluate`]: plugin host, `plan::plan`), and
+//! same path as a live reconcile ([`crate::cli::eval::evaluate`]: plugin host, `plan::plan`), and
 //! prints the plan, how it differs from the live objects, and what blocks progress: the
 //! WasmController's conditions, deletion and foreign finalizers, related objects or contract
 //! fields that are missing, RBAC the controller's ServiceAccount lacks, and plugin errors.
@@ -28,15 +28,16 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT, Related};
 
-use crate::access::{self, Access};
-use crate::api_error::readable;
+use crate::cli::eval::logs::PluginLogs;
+use crate::cli::eval::{self, Inputs};
+use crate::cluster::access::{self, Access};
+use crate::cluster::api_error::readable;
+use crate::cluster::rbac;
 use crate::crd::{KindRef, WasmController};
-use crate::eval::logs::PluginLogs;
-use crate::eval::{self, Inputs};
-use crate::plan::{self, Identity, ObjRef};
 use crate::plugin::LoadedPlugin;
-use crate::rbac;
-use crate::{execute, related, source};
+use crate::plugin::source;
+use crate::reconcile::plan::{self, Identity, ObjRef};
+use crate::reconcile::{execute, related};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -351,7 +352,7 @@ fn report_conditions(wc: &WasmController, ns: &str, name: &str, report: &mut Rep
 
 /// What a reconcile of the parent reads, as the dry run found it.
 struct Gathered {
-    /// The parent as the plugin is given it ([`crate::kinds::clean`]).
+    /// The parent as the plugin is given it ([`crate::cluster::kinds::clean`]).
     parent: Value,
     parent_uid: String,
     /// The parent is being deleted, so the plugin (if it runs) is called through its finalize
@@ -402,7 +403,7 @@ async fn gather(
 ) -> Result<Gathered> {
     // The parent: existence, deletion and finalizers.
     let parent = read_parent(client, ns, name, &wc.spec.parent.kind, parent_resource).await?;
-    let parent_json = crate::kinds::clean(parent.clone(), parent_resource);
+    let parent_json = crate::cluster::kinds::clean(parent.clone(), parent_resource);
     let parent_uid = parent.uid().unwrap_or_default();
     let reconciled = report_parent(&parent, wc, name, identity, report);
 
@@ -568,7 +569,7 @@ async fn gather_children(
                 report.line(format!("{}/{}", kind.kind, obj.name_any()));
                 children.owned.insert(
                     (kind.api_version.clone(), kind.kind.clone(), obj.name_any()),
-                    crate::kinds::clean(obj, &resource),
+                    crate::cluster::kinds::clean(obj, &resource),
                 );
             }
         }
@@ -888,7 +889,7 @@ async fn live_child(
         Some(r) => Ok(Api::<DynamicObject>::namespaced_with(client.clone(), ns, r)
             .get_opt(&target.name)
             .await?
-            .map(|o| crate::kinds::clean(o, r))),
+            .map(|o| crate::cluster::kinds::clean(o, r))),
         None => Ok(None),
     }
 }

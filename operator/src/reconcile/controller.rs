@@ -35,18 +35,21 @@ use wasmop_abi::{
     ReconcileResponse,
 };
 
-use crate::access::{self, Access};
-use crate::api_error::readable;
-use crate::conflicts::{self, Board};
+use crate::cluster::access::{self, Access};
+use crate::cluster::api_error::readable;
+use crate::cluster::kinds;
+use crate::cluster::watches::{SharedKind, Watches};
 use crate::crd::{KindRef, WasmControllerSpec};
-use crate::execute::{self, ADOPT_ANNOTATION, AppliedByTarget, Conflict, DEPENDENCY_RETRY};
-use crate::finalizers::{self, Finalizers, SKIP_ANNOTATION};
 use crate::metrics::Metrics;
-use crate::plan::{self, Identity, ObjRef, Owned};
 use crate::plugin::{self, LoadedPlugin};
-use crate::triggers::Tracker;
-use crate::watches::{SharedKind, Watches};
-use crate::{kinds, related};
+use crate::reconcile::conflicts::{self, Board};
+use crate::reconcile::execute::{
+    self, ADOPT_ANNOTATION, AppliedByTarget, Conflict, DEPENDENCY_RETRY,
+};
+use crate::reconcile::finalizers::{self, Finalizers, SKIP_ANNOTATION};
+use crate::reconcile::plan::{self, Identity, ObjRef, Owned};
+use crate::reconcile::related;
+use crate::reconcile::triggers::Tracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -761,7 +764,7 @@ async fn require_read_access(rt: &Runtime) -> Result<()> {
         .require(
             &rt.namespace,
             &rt.spec.service_account_name,
-            crate::rbac::PARENT, // what the watches of the parent and child kinds need
+            crate::cluster::rbac::PARENT, // what the watches of the parent and child kinds need
             &readable,
         )
         .await?;

@@ -32,9 +32,9 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use wasmop_abi::EventType;
 
-use crate::controller::{Error, Result, Runtime};
-use crate::kinds;
-use crate::plan::{self, Apply, Identity, ObjRef, Owned, Plan};
+use crate::cluster::kinds;
+use crate::reconcile::controller::{Error, Result, Runtime};
+use crate::reconcile::plan::{self, Apply, Identity, ObjRef, Owned, Plan};
 
 /// The annotation by which whoever may write an existing object hands it to a controller:
 /// `wasmop.dev/adopt: <WasmController name>`.

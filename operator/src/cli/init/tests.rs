@@ -137,7 +137,7 @@ fn a_project_declares_its_kinds_consistently_and_points_nowhere_outside_itself()
         assert_eq!(crd["metadata"]["name"], "greeters.demo.example.com");
         assert_eq!(
             files[Path::new("deploy/rbac.yaml")],
-            crate::rbac::role_yaml(&wc, None)
+            crate::cluster::rbac::role_yaml(&wc, None)
         );
         for fixture in ["new-parent", "steady", "bad-message"] {
             let case: serde_json::Value =

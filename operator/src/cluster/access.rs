@@ -16,7 +16,7 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::PostParams;
 use kube::{Api, Client, Config};
 
-use crate::api_error::readable;
+use crate::cluster::api_error::readable;
 
 /// How long an "allowed" access review answer is trusted.
 pub const REVIEW_TTL: Duration = Duration::from_secs(30);

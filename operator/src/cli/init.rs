@@ -6,7 +6,7 @@
 //! ABI crates as path dependencies (`vendor/`), the Go kit with a `replace` to
 //! `third_party/wasmop-go`, the TypeScript ABI types (`types/abi.d.ts`). Every project also
 //! gets a Makefile (`build`, `test`: the fixture suite, `deploy`), fixtures for
-//! `wasmop eval --test`, the parent CRD, the WasmController and its Role (from [`crate::rbac`]).
+//! `wasmop eval --test`, the parent CRD, the WasmController and its Role (from [`crate::cluster::rbac`]).
 //! The templates live in `init/`; the test `tests/tests/init.rs` builds and runs all three.
 
 use std::collections::BTreeMap;
@@ -83,39 +83,39 @@ pub enum Error {
 const RUST_KIT: &[(&str, &str)] = &[
     (
         "vendor/wasmop-abi/src/lib.rs",
-        include_str!("../../plugins/abi/src/lib.rs"),
+        include_str!("../../../plugins/abi/src/lib.rs"),
     ),
     (
         "vendor/wasmop-pdk/src/lib.rs",
-        include_str!("../../plugins/pdk-rust/src/lib.rs"),
+        include_str!("../../../plugins/pdk-rust/src/lib.rs"),
     ),
     (
         "vendor/wasmop-pdk/src/call.rs",
-        include_str!("../../plugins/pdk-rust/src/call.rs"),
+        include_str!("../../../plugins/pdk-rust/src/call.rs"),
     ),
     (
         "vendor/wasmop-pdk/src/condition.rs",
-        include_str!("../../plugins/pdk-rust/src/condition.rs"),
+        include_str!("../../../plugins/pdk-rust/src/condition.rs"),
     ),
     (
         "vendor/wasmop-pdk/src/error.rs",
-        include_str!("../../plugins/pdk-rust/src/error.rs"),
+        include_str!("../../../plugins/pdk-rust/src/error.rs"),
     ),
     (
         "vendor/wasmop-pdk/src/fields.rs",
-        include_str!("../../plugins/pdk-rust/src/fields.rs"),
+        include_str!("../../../plugins/pdk-rust/src/fields.rs"),
     ),
     (
         "vendor/wasmop-pdk/src/object.rs",
-        include_str!("../../plugins/pdk-rust/src/object.rs"),
+        include_str!("../../../plugins/pdk-rust/src/object.rs"),
     ),
     (
         "vendor/wasmop-pdk/src/request.rs",
-        include_str!("../../plugins/pdk-rust/src/request.rs"),
+        include_str!("../../../plugins/pdk-rust/src/request.rs"),
     ),
     (
         "vendor/wasmop-pdk/src/response.rs",
-        include_str!("../../plugins/pdk-rust/src/response.rs"),
+        include_str!("../../../plugins/pdk-rust/src/response.rs"),
     ),
 ];
 
@@ -123,60 +123,63 @@ const RUST_KIT: &[(&str, &str)] = &[
 const GO_KIT: &[(&str, &str)] = &[
     (
         "third_party/wasmop-go/go.mod",
-        include_str!("../../plugins/go/go.mod"),
+        include_str!("../../../plugins/go/go.mod"),
     ),
     (
         "third_party/wasmop-go/go.sum",
-        include_str!("../../plugins/go/go.sum"),
+        include_str!("../../../plugins/go/go.sum"),
     ),
     (
         "third_party/wasmop-go/wasmop/abi_gen.go",
-        include_str!("../../plugins/go/wasmop/abi_gen.go"),
+        include_str!("../../../plugins/go/wasmop/abi_gen.go"),
     ),
     (
         "third_party/wasmop-go/wasmop/condition.go",
-        include_str!("../../plugins/go/wasmop/condition.go"),
+        include_str!("../../../plugins/go/wasmop/condition.go"),
     ),
     (
         "third_party/wasmop-go/wasmop/doc.go",
-        include_str!("../../plugins/go/wasmop/doc.go"),
+        include_str!("../../../plugins/go/wasmop/doc.go"),
     ),
     (
         "third_party/wasmop-go/wasmop/export_wasip1.go",
-        include_str!("../../plugins/go/wasmop/export_wasip1.go"),
+        include_str!("../../../plugins/go/wasmop/export_wasip1.go"),
     ),
     (
         "third_party/wasmop-go/wasmop/fields.go",
-        include_str!("../../plugins/go/wasmop/fields.go"),
+        include_str!("../../../plugins/go/wasmop/fields.go"),
     ),
     (
         "third_party/wasmop-go/wasmop/json.go",
-        include_str!("../../plugins/go/wasmop/json.go"),
+        include_str!("../../../plugins/go/wasmop/json.go"),
     ),
     (
         "third_party/wasmop-go/wasmop/object.go",
-        include_str!("../../plugins/go/wasmop/object.go"),
+        include_str!("../../../plugins/go/wasmop/object.go"),
     ),
     (
         "third_party/wasmop-go/wasmop/request.go",
-        include_str!("../../plugins/go/wasmop/request.go"),
+        include_str!("../../../plugins/go/wasmop/request.go"),
     ),
     (
         "third_party/wasmop-go/wasmop/response.go",
-        include_str!("../../plugins/go/wasmop/response.go"),
+        include_str!("../../../plugins/go/wasmop/response.go"),
     ),
 ];
 
 /// The TypeScript ABI types (generated from the Rust ABI, like the Go kit's abi_gen.go).
-const TS_KIT: &[(&str, &str)] = &[("types/abi.d.ts", include_str!("../../plugins/ts/abi.d.ts"))];
+const TS_KIT: &[(&str, &str)] = &[(
+    "types/abi.d.ts",
+    include_str!("../../../plugins/ts/abi.d.ts"),
+)];
 
 /// The versions the repository builds and tests with, so a generated project resolves the
 /// same ones: the toolchain, the crates (the lock file, pruned by cargo on first build), the
 /// Go PDK and the TypeScript tools.
-const RUST_TOOLCHAIN: &str = include_str!("../../rust-toolchain.toml");
-const CARGO_LOCK: &str = include_str!("../../Cargo.lock");
-const WORKSPACE_MANIFEST: &str = include_str!("../../Cargo.toml");
-const TS_EXAMPLE_PACKAGE: &str = include_str!("../../plugins/examples/website-js/package.json");
+const RUST_TOOLCHAIN: &str = include_str!("../../../rust-toolchain.toml");
+const CARGO_LOCK: &str = include_str!("../../../Cargo.lock");
+const WORKSPACE_MANIFEST: &str = include_str!("../../../Cargo.toml");
+const TS_EXAMPLE_PACKAGE: &str = include_str!("../../../plugins/examples/website-js/package.json");
 
 /// The project's parameters, checked.
 struct Project {
@@ -416,7 +419,7 @@ impl Project {
             // The kit's go.sum holds the PDK's checksums, which the project needs too.
             Lang::Go => {
                 let mut kit = GO_KIT.to_vec();
-                kit.push(("go.sum", include_str!("../../plugins/go/go.sum")));
+                kit.push(("go.sum", include_str!("../../../plugins/go/go.sum")));
                 kit
             }
             Lang::Ts => TS_KIT.to_vec(),
@@ -505,7 +508,7 @@ impl Project {
 fn role_of(controller_yaml: &str) -> String {
     let wc: WasmController =
         serde_yaml::from_str(controller_yaml).expect("the generated WasmController is valid");
-    crate::rbac::role_yaml(&wc, None)
+    crate::cluster::rbac::role_yaml(&wc, None)
 }
 
 /// The version requirement of a workspace dependency (`name = "1"` or `name = { version = "1", ... }`).
