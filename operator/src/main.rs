@@ -22,60 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator against the cluster named by KUBECONFIG (or in-cluster config).
-    Run {
-        /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
-        /// Address of /metrics, /healthz and /readyz (the Helm chart sets 0.0.0.0:8080).
-        #[arg(long, env = "WASMOP_METRICS_ADDR", default_value = "127.0.0.1:8080")]
-        metrics_addr: SocketAddr,
-        /// Compiled-plugin cache directory, kept across restarts.
-        #[arg(long, env = "WASMOP_CACHE_DIR", default_value_os_t = default_cache_dir())]
-        cache_dir: PathBuf,
-        /// Disable the on-disk compiled-plugin cache.
-        #[arg(long)]
-        no_cache: bool,
-        /// Allow spec.plugin.source.file (development only: it reads the operator's filesystem).
-        #[arg(long, env = "WASMOP_ALLOW_FILE_PLUGINS")]
-        allow_file_plugins: bool,
-        /// The JavaScript runtime (wasmop_js_runtime.wasm) that spec.plugin.source.javaScript
-        /// sources are built with (`make plugins` builds it; the image ships it).
-        #[arg(long, env = "WASMOP_JS_RUNTIME", default_value_os_t = wasmop_js_build::default_runtime_path())]
-        js_runtime: PathBuf,
-        /// A host (`host`, `host:port` or `*.domain`) that spec.plugin.source.url and .oci may
-        /// fetch plugins from. Repeatable or comma-separated; none: no network sources.
-        #[arg(
-            long = "plugin-host",
-            env = "WASMOP_PLUGIN_HOSTS",
-            value_delimiter = ','
-        )]
-        plugin_hosts: Vec<String>,
-        /// A plugin host reached over plain HTTP (a development registry). Also needs
-        /// --plugin-host.
-        #[arg(
-            long = "insecure-plugin-host",
-            env = "WASMOP_INSECURE_PLUGIN_HOSTS",
-            value_delimiter = ','
-        )]
-        insecure_plugin_hosts: Vec<String>,
-        /// A cosign public key (PEM file): every oci plugin must carry a signature by one of
-        /// these. Repeatable.
-        #[arg(
-            long = "plugin-public-key",
-            env = "WASMOP_PLUGIN_PUBLIC_KEYS",
-            value_delimiter = ','
-        )]
-        plugin_public_keys: Vec<PathBuf>,
-        /// Log format.
-        #[arg(long, env = "WASMOP_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
-        log_format: String,
-        #[command(flatten)]
-        response_limits: ResponseLimitArgs,
-        #[command(flatten)]
-        plugin_budget: PluginBudgetArgs,
-        #[command(flatten)]
-        leader_election: LeaderElectionArgs,
-    },
+    Run(RunArgs),
     /// Print what installs wasmop's API (YAML, as committed in crds/): the WasmController CRD
     /// and the admission policy that lets only those who may impersonate a ServiceAccount
     /// name it in spec.serviceAccountName.
@@ -103,63 +50,11 @@ enum Command {
     /// Run a plugin locally against a case file, with the operator's limits: print its logs,
     /// its response and the writes the operator would make. Exit 1 when the call fails (or, with
     /// --test, when a case fails), 2 when the inputs are unusable. See docs/eval-and-explain.md.
-    Eval {
-        /// The plugin (.wasm, optionally gzip- or zstd-compressed).
-        plugin: PathBuf,
-        /// A case file: the parent, current children, related objects, config.
-        #[arg(required_unless_present = "test", conflicts_with = "test")]
-        case: Option<PathBuf>,
-        /// Run every case file (*.yaml) in DIR that has an `expect` block and compare.
-        #[arg(long, value_name = "DIR")]
-        test: Option<PathBuf>,
-        /// A WasmController YAML: its name, namespace, spec.children, spec.plugin.config and
-        /// limits apply.
-        #[arg(long, value_name = "FILE")]
-        controller: Option<PathBuf>,
-        /// The export to call (default: `finalize` when the case says `finalizing: true`).
-        #[arg(long, value_parser = ["reconcile", "finalize"])]
-        export: Option<String>,
-        /// Linear memory cap in MiB (default: the controller's, else 64).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
-        memory_mib: Option<u32>,
-        /// Wall-clock cap per call in ms (default: the controller's, else 1000).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=60000))]
-        timeout_ms: Option<u32>,
-        /// Instruction budget per call (default: the controller's, else none).
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        fuel: Option<u64>,
-        /// Output format of a single case.
-        #[arg(short, long, value_parser = ["yaml", "json"], default_value = "yaml")]
-        output: String,
-        /// Compiled-plugin cache directory.
-        #[arg(long, env = "WASMOP_CACHE_DIR", default_value_os_t = default_cache_dir())]
-        cache_dir: PathBuf,
-        /// Disable the on-disk compiled-plugin cache.
-        #[arg(long)]
-        no_cache: bool,
-    },
+    Eval(EvalArgs),
     /// Explain one live object: a dry-run reconcile with your kubeconfig, what differs from the
     /// live objects, and what blocks progress. Writes nothing. Exit 0 when nothing blocks, 1
     /// when something does, 2 when it cannot explain.
-    Explain {
-        /// KIND/NAME, KIND being a kind, plural or kind.group, e.g. website/hello.
-        target: String,
-        /// Namespace (default: the kubeconfig context's).
-        #[arg(short, long)]
-        namespace: Option<String>,
-        /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
-        /// Run this local plugin file instead of the controller's plugin source.
-        #[arg(long, value_name = "FILE")]
-        plugin: Option<PathBuf>,
-        /// Compiled-plugin cache directory.
-        #[arg(long, env = "WASMOP_CACHE_DIR", default_value_os_t = default_cache_dir())]
-        cache_dir: PathBuf,
-        /// Disable the on-disk compiled-plugin cache.
-        #[arg(long)]
-        no_cache: bool,
-    },
+    Explain(ExplainArgs),
     /// Print the controllers and the kinds they watch, own, read (with the contract fields
     /// they rely on), patch and finalize, from the WasmControllers' status, and flag what
     /// couples them: two writing one field, two holding finalizers on one kind, a contested
@@ -175,6 +70,230 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: wasmop::cli::graph::Format,
     },
+}
+
+/// `wasmop run`'s arguments.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Address of /metrics, /healthz and /readyz (the Helm chart sets 0.0.0.0:8080).
+    #[arg(long, env = "WASMOP_METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    metrics_addr: SocketAddr,
+    /// Compiled-plugin cache directory, kept across restarts.
+    #[arg(long, env = "WASMOP_CACHE_DIR", default_value_os_t = default_cache_dir())]
+    cache_dir: PathBuf,
+    /// Disable the on-disk compiled-plugin cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Allow spec.plugin.source.file (development only: it reads the operator's filesystem).
+    #[arg(long, env = "WASMOP_ALLOW_FILE_PLUGINS")]
+    allow_file_plugins: bool,
+    /// The JavaScript runtime (wasmop_js_runtime.wasm) that spec.plugin.source.javaScript
+    /// sources are built with (`make plugins` builds it; the image ships it).
+    #[arg(long, env = "WASMOP_JS_RUNTIME", default_value_os_t = wasmop_js_build::default_runtime_path())]
+    js_runtime: PathBuf,
+    /// A host (`host`, `host:port` or `*.domain`) that spec.plugin.source.url and .oci may
+    /// fetch plugins from. Repeatable or comma-separated; none: no network sources.
+    #[arg(
+        long = "plugin-host",
+        env = "WASMOP_PLUGIN_HOSTS",
+        value_delimiter = ','
+    )]
+    plugin_hosts: Vec<String>,
+    /// A plugin host reached over plain HTTP (a development registry). Also needs
+    /// --plugin-host.
+    #[arg(
+        long = "insecure-plugin-host",
+        env = "WASMOP_INSECURE_PLUGIN_HOSTS",
+        value_delimiter = ','
+    )]
+    insecure_plugin_hosts: Vec<String>,
+    /// A cosign public key (PEM file): every oci plugin must carry a signature by one of
+    /// these. Repeatable.
+    #[arg(
+        long = "plugin-public-key",
+        env = "WASMOP_PLUGIN_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    plugin_public_keys: Vec<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "WASMOP_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    #[command(flatten)]
+    response_limits: ResponseLimitArgs,
+    #[command(flatten)]
+    plugin_budget: PluginBudgetArgs,
+    #[command(flatten)]
+    leader_election: LeaderElectionArgs,
+}
+
+/// `wasmop run`.
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        kubeconfig,
+        metrics_addr,
+        cache_dir,
+        no_cache,
+        allow_file_plugins,
+        js_runtime,
+        plugin_hosts,
+        insecure_plugin_hosts,
+        plugin_public_keys,
+        log_format,
+        response_limits,
+        plugin_budget,
+        leader_election,
+    } = args;
+    init_logging(&log_format);
+    let mut keys = Vec::new();
+    for path in &plugin_public_keys {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--plugin-public-key {}: {e}", path.display()))?;
+        keys.push(wasmop::plugin::remote::PublicKey::from_pem(
+            &format!("--plugin-public-key {}", path.display()),
+            &pem,
+        )?);
+    }
+    let remote = wasmop::plugin::remote::Policy {
+        hosts: plugin_hosts,
+        insecure_hosts: insecure_plugin_hosts,
+        keys,
+    };
+    let opts = wasmop::RunOptions {
+        kubeconfig,
+        metrics_addr,
+        cache_dir: (!no_cache).then_some(cache_dir),
+        allow_file_plugins,
+        js_runtime,
+        remote,
+        response_limits: response_limits.into(),
+        plugin_budget: plugin_budget.into(),
+        leader_election: leader_election.into(),
+    };
+    wasmop::run(opts, shutdown_signal()).await
+}
+
+/// `wasmop eval`'s arguments.
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The plugin (.wasm, optionally gzip- or zstd-compressed).
+    plugin: PathBuf,
+    /// A case file: the parent, current children, related objects, config.
+    #[arg(required_unless_present = "test", conflicts_with = "test")]
+    case: Option<PathBuf>,
+    /// Run every case file (*.yaml) in DIR that has an `expect` block and compare.
+    #[arg(long, value_name = "DIR")]
+    test: Option<PathBuf>,
+    /// A WasmController YAML: its name, namespace, spec.children, spec.plugin.config and
+    /// limits apply.
+    #[arg(long, value_name = "FILE")]
+    controller: Option<PathBuf>,
+    /// The export to call (default: `finalize` when the case says `finalizing: true`).
+    #[arg(long, value_parser = ["reconcile", "finalize"])]
+    export: Option<String>,
+    /// Linear memory cap in MiB (default: the controller's, else 64).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    memory_mib: Option<u32>,
+    /// Wall-clock cap per call in ms (default: the controller's, else 1000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=60000))]
+    timeout_ms: Option<u32>,
+    /// Instruction budget per call (default: the controller's, else none).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    fuel: Option<u64>,
+    /// Output format of a single case.
+    #[arg(short, long, value_parser = ["yaml", "json"], default_value = "yaml")]
+    output: String,
+    /// Compiled-plugin cache directory.
+    #[arg(long, env = "WASMOP_CACHE_DIR", default_value_os_t = default_cache_dir())]
+    cache_dir: PathBuf,
+    /// Disable the on-disk compiled-plugin cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+/// `wasmop eval`.
+async fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let EvalArgs {
+        plugin,
+        case,
+        test,
+        controller,
+        export,
+        memory_mib,
+        timeout_ms,
+        fuel,
+        output,
+        cache_dir,
+        no_cache,
+    } = args;
+    let logs = wasmop::cli::eval::logs::PluginLogs::install();
+    let opts = wasmop::cli::eval::Options {
+        plugin,
+        controller,
+        finalizing: export.map(|e| e == "finalize"),
+        memory_mib,
+        timeout_ms,
+        fuel,
+        format: if output == "json" {
+            wasmop::cli::eval::Format::Json
+        } else {
+            wasmop::cli::eval::Format::Yaml
+        },
+        cache_dir: (!no_cache).then_some(cache_dir),
+    };
+    let mut out = std::io::stdout().lock();
+    let result = match (test, case) {
+        (Some(dir), _) => wasmop::cli::eval::test_dir(&opts, &dir, &logs, &mut out).await,
+        (None, Some(case)) => wasmop::cli::eval::eval_case(&opts, &case, &logs, &mut out).await,
+        (None, None) => unreachable!("clap requires a case or --test"),
+    };
+    exit_with(result)
+}
+
+/// `wasmop explain`'s arguments.
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// KIND/NAME, KIND being a kind, plural or kind.group, e.g. website/hello.
+    target: String,
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Run this local plugin file instead of the controller's plugin source.
+    #[arg(long, value_name = "FILE")]
+    plugin: Option<PathBuf>,
+    /// Compiled-plugin cache directory.
+    #[arg(long, env = "WASMOP_CACHE_DIR", default_value_os_t = default_cache_dir())]
+    cache_dir: PathBuf,
+    /// Disable the on-disk compiled-plugin cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+/// `wasmop explain`.
+async fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    let ExplainArgs {
+        target,
+        namespace,
+        kubeconfig,
+        plugin,
+        cache_dir,
+        no_cache,
+    } = args;
+    let logs = wasmop::cli::eval::logs::PluginLogs::install();
+    wasmop::install_crypto();
+    let opts = wasmop::cli::explain::Options {
+        target,
+        namespace,
+        kubeconfig,
+        plugin,
+        cache_dir: (!no_cache).then_some(cache_dir),
+    };
+    exit_with(wasmop::cli::explain::explain(&opts, &logs, &mut std::io::stdout().lock()).await)
 }
 
 #[derive(Subcommand)]
@@ -392,49 +511,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run {
-            kubeconfig,
-            metrics_addr,
-            cache_dir,
-            no_cache,
-            allow_file_plugins,
-            js_runtime,
-            plugin_hosts,
-            insecure_plugin_hosts,
-            plugin_public_keys,
-            log_format,
-            response_limits,
-            plugin_budget,
-            leader_election,
-        } => {
-            init_logging(&log_format);
-            let mut keys = Vec::new();
-            for path in &plugin_public_keys {
-                let pem = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("--plugin-public-key {}: {e}", path.display()))?;
-                keys.push(wasmop::plugin::remote::PublicKey::from_pem(
-                    &format!("--plugin-public-key {}", path.display()),
-                    &pem,
-                )?);
-            }
-            let remote = wasmop::plugin::remote::Policy {
-                hosts: plugin_hosts,
-                insecure_hosts: insecure_plugin_hosts,
-                keys,
-            };
-            let opts = wasmop::RunOptions {
-                kubeconfig,
-                metrics_addr,
-                cache_dir: (!no_cache).then_some(cache_dir),
-                allow_file_plugins,
-                js_runtime,
-                remote,
-                response_limits: response_limits.into(),
-                plugin_budget: plugin_budget.into(),
-                leader_election: leader_election.into(),
-            };
-            wasmop::run(opts, shutdown_signal()).await
-        }
+        Command::Run(args) => run(args).await,
         Command::Oci {
             command:
                 OciCommand::Push {
@@ -477,65 +554,8 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&wasmop_abi::schema())?);
             Ok(())
         }
-        Command::Eval {
-            plugin,
-            case,
-            test,
-            controller,
-            export,
-            memory_mib,
-            timeout_ms,
-            fuel,
-            output,
-            cache_dir,
-            no_cache,
-        } => {
-            let logs = wasmop::cli::eval::logs::PluginLogs::install();
-            let opts = wasmop::cli::eval::Options {
-                plugin,
-                controller,
-                finalizing: export.map(|e| e == "finalize"),
-                memory_mib,
-                timeout_ms,
-                fuel,
-                format: if output == "json" {
-                    wasmop::cli::eval::Format::Json
-                } else {
-                    wasmop::cli::eval::Format::Yaml
-                },
-                cache_dir: (!no_cache).then_some(cache_dir),
-            };
-            let mut out = std::io::stdout().lock();
-            let result = match (test, case) {
-                (Some(dir), _) => wasmop::cli::eval::test_dir(&opts, &dir, &logs, &mut out).await,
-                (None, Some(case)) => {
-                    wasmop::cli::eval::eval_case(&opts, &case, &logs, &mut out).await
-                }
-                (None, None) => unreachable!("clap requires a case or --test"),
-            };
-            exit_with(result)
-        }
-        Command::Explain {
-            target,
-            namespace,
-            kubeconfig,
-            plugin,
-            cache_dir,
-            no_cache,
-        } => {
-            let logs = wasmop::cli::eval::logs::PluginLogs::install();
-            wasmop::install_crypto();
-            let opts = wasmop::cli::explain::Options {
-                target,
-                namespace,
-                kubeconfig,
-                plugin,
-                cache_dir: (!no_cache).then_some(cache_dir),
-            };
-            exit_with(
-                wasmop::cli::explain::explain(&opts, &logs, &mut std::io::stdout().lock()).await,
-            )
-        }
+        Command::Eval(args) => eval(args).await,
+        Command::Explain(args) => explain(args).await,
         Command::Graph {
             namespace,
             kubeconfig,

@@ -1,4 +1,4 @@
-//! The manager: watches WasmControllers and keeps one running [`controller::Runtime`] per
+//! The manager: watches WasmControllers and keeps one running [`Runtime`] per
 //! object — started on create, replaced when the spec or the plugin bytes change (hot reload,
 //! the last good plugin kept running when a new one fails to load), stopped on delete. No
 //! operator restart is ever needed.
@@ -38,7 +38,8 @@ use crate::metrics::Metrics;
 use crate::plugin::source;
 use crate::plugin::{self, Host};
 use crate::reconcile::conflicts::Board;
-use crate::reconcile::controller::{self, ChildKind, Runtime};
+use crate::reconcile::context::{self, ChildKind, Runtime};
+use crate::reconcile::controller;
 use crate::reconcile::finalizers::{
     self, Finalizers, WASMCONTROLLER_FINALIZER, WASMCONTROLLER_FINALIZER_MANAGER,
 };
@@ -546,10 +547,10 @@ async fn release(
         team: access::impersonated(&ctx.config, &ns, &wc.spec.service_account_name)?,
         operator: ctx.client.clone(),
     };
-    let mut release = finalizers::Release::new(&releaser, finalize).await?;
+    let mut release = finalizers::Release::new(&releaser).await?;
     let mut shown = None;
     loop {
-        let left = release.round().await?;
+        let left = release.round(finalize).await?;
         if shown != Some(left) {
             shown = Some(left);
             let message = format!(
@@ -977,8 +978,8 @@ fn throttled_condition(rt: &Runtime, kind: &str, generation: Option<i64>) -> Con
                 "RateLimited",
                 &format!(
                     "{kind} {parent}{more}: reconciled more often than {} in a burst and {}/s; held to that rate. Is requeueAfterSeconds too small, or does the plugin write a status that changes on every reconcile?",
-                    controller::RATE_BURST,
-                    controller::RATE_PER_SECOND
+                    context::RATE_BURST,
+                    context::RATE_PER_SECOND
                 ),
                 generation,
             )
@@ -1033,7 +1034,7 @@ fn condition(
         type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
-        message: crate::reconcile::controller::truncate(message, 4096),
+        message: crate::cluster::api_error::truncate(message, 4096),
         observed_generation: generation,
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
     }

@@ -72,6 +72,36 @@ pub const RECONCILE_BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 120.0,
 ];
 
+/// Creates metrics and registers each once in its registry.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn register<M: prometheus::core::Collector + Clone + 'static>(&self, m: M) -> M {
+        self.0
+            .register(Box::new(m.clone()))
+            .expect("registered once");
+        m
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    /// Latency histograms by controller.
+    fn histograms(&self, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets);
+        self.register(HistogramVec::new(opts, &["controller"]).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -81,38 +111,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("wasmop".into()), None).expect("valid prefix");
-        let by = |name: &str, help: &str, labels: &[&str]| {
-            let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("registered once");
-            m
-        };
-        let hist = |name: &str, help: &str, buckets: Vec<f64>| {
-            let m = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets),
-                &["controller"],
-            )
-            .expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("registered once");
-            m
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("registered once");
-            g
-        };
-        let gauges = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("registered once");
-            g
-        };
+        let r = Registrar(&registry);
+        let (by, hist) = (
+            |n, h, l| r.counters(n, h, l),
+            |n, h, b| r.histograms(n, h, b),
+        );
+        let (gauge, gauges) = (|n, h| r.gauge(n, h), |n, h, l| r.gauges(n, h, l));
         Metrics {
             watches: gauges(
                 "watches",

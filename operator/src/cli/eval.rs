@@ -31,7 +31,7 @@ use wasmop_abi::{
 use crate::crd::{KindRef, Limits, WasmController};
 use crate::plugin::source;
 use crate::plugin::{self, Host, LoadedPlugin};
-use crate::reconcile::controller;
+use crate::reconcile::context;
 use crate::reconcile::plan::{self, Identity, ObjRef, Owned, Plan};
 use case::{Case, Verdict};
 use logs::{LogLine, PluginLogs};
@@ -372,7 +372,7 @@ pub struct Planned {
 pub struct Evaluation {
     pub logs: Vec<LogLine>,
     pub elapsed: Option<Duration>,
-    pub result: Result<Planned, controller::Error>,
+    pub result: Result<Planned, context::Error>,
 }
 
 /// Calls the plugin with `inputs` and plans its answer, exactly as a reconcile would, without
@@ -404,7 +404,7 @@ pub async fn evaluate(
             return Evaluation {
                 logs,
                 elapsed,
-                result: Err(controller::Error::InvalidOutput { source }),
+                result: Err(context::Error::InvalidOutput { source }),
             };
         }
     };
@@ -432,7 +432,7 @@ pub async fn evaluate(
         .and_then(|()| limits.check(&response))
         .and_then(|()| plan::plan(&input, response.clone()))
         .map(|plan| Planned { response, plan })
-        .map_err(controller::Error::from);
+        .map_err(context::Error::from);
     Evaluation {
         logs,
         elapsed,

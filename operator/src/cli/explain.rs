@@ -37,7 +37,7 @@ use crate::crd::{KindRef, WasmController};
 use crate::plugin::LoadedPlugin;
 use crate::plugin::source;
 use crate::reconcile::plan::{self, Identity, ObjRef};
-use crate::reconcile::{execute, related};
+use crate::reconcile::{context, execute, related};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -915,7 +915,7 @@ fn ours_or_adoptable(
         execute::Ownership::Adoptable => {
             report.line(format!(
                 "{shown}: exists, annotated {}={wc_name}: the next reconcile adopts it",
-                execute::ADOPT_ANNOTATION
+                context::ADOPT_ANNOTATION
             ));
             true
         }
@@ -924,7 +924,7 @@ fn ours_or_adoptable(
             let hand_over = if conflict.adoptable {
                 format!(
                     ", or annotate it {}={wc_name} to hand it over",
-                    execute::ADOPT_ANNOTATION
+                    context::ADOPT_ANNOTATION
                 )
             } else {
                 String::new()

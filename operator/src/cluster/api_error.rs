@@ -59,6 +59,18 @@ pub fn readable_watch(e: &watcher::Error) -> String {
     }
 }
 
+/// `s` cut to at most `max` bytes (on a character boundary), marked with an ellipsis when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,10 @@
 //!   classification.
 //! - [`source`]: a WasmController's plugin bytes from a ConfigMap (wasm or JavaScript), a URL,
 //!   an OCI registry or a file, and their sha256.
+//! - [`cache`]: the size cap and the cache file writer both kinds of source use.
 //! - [`remote`]: `url` and `oci` sources: the hosts an admin allows, digests, cosign signatures.
 
+pub mod cache;
 pub mod host;
 pub mod remote;
 pub mod source;

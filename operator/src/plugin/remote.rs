@@ -19,7 +19,7 @@ use oci_client::{Client as OciClient, Reference};
 use sha2::{Digest, Sha256};
 
 use crate::crd::{OciSource, UrlSource};
-use crate::plugin::source::MAX_PLUGIN_BYTES;
+use crate::plugin::cache::{MAX_PLUGIN_BYTES, store};
 
 /// How long one download may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -254,7 +254,7 @@ pub async fn fetch_url(
         });
     }
     if let Some(path) = &path {
-        crate::plugin::source::store(path, &bytes).await;
+        store(path, &bytes).await;
     }
     Ok(bytes)
 }
@@ -363,7 +363,7 @@ pub async fn pull_oci(
             })?;
     }
     if let Some(path) = &path {
-        crate::plugin::source::store(path, &wasm).await;
+        store(path, &wasm).await;
     }
     Ok(wasm)
 }

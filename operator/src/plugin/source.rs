@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use crate::cluster::api_error::readable;
 use crate::crd::{ConfigMapKey, PluginSource};
 
-/// Decompressed plugins larger than this are refused (a zip bomb must not take the operator down).
-pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
+pub use super::cache::MAX_PLUGIN_BYTES;
+use super::cache::store;
 
 const WASM_MAGIC: &[u8] = b"\0asm";
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
@@ -204,22 +204,6 @@ enum JsError {
     Runtime(wasmop_js_build::Error),
     Build(wasmop_js_build::Error),
     Decode(Error),
-}
-
-/// Writes a cache file atomically (a temporary file renamed); a failure is only logged.
-pub(crate) async fn store(path: &std::path::Path, bytes: &[u8]) {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let result = async {
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        tokio::fs::write(&tmp, bytes).await?;
-        tokio::fs::rename(&tmp, path).await
-    }
-    .await;
-    if let Err(error) = result {
-        tracing::warn!(%error, path = %path.display(), "could not cache a built plugin");
-    }
 }
 
 /// Fetches the plugin named by `source`, reading ConfigMaps with `client` (the controller's

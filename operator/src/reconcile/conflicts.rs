@@ -174,7 +174,7 @@ impl Board {
             let event = Event {
                 type_: EventType::Warning,
                 reason: "FieldConflict".into(),
-                note: Some(crate::reconcile::controller::truncate(
+                note: Some(crate::cluster::api_error::truncate(
                     &contest.to_string(),
                     1024,
                 )),

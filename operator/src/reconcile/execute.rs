@@ -19,7 +19,6 @@
 //! - A steady state sends nothing: an apply is skipped when the live object is still at the
 //!   resourceVersion our last identical apply produced.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
@@ -33,39 +32,11 @@ use serde_json::{Value, json};
 use wasmop_abi::EventType;
 
 use crate::cluster::kinds;
-use crate::reconcile::controller::{Error, Result, Runtime};
+use crate::reconcile::context::{ADOPT_ANNOTATION, Conflict, Error, Result, Runtime};
 use crate::reconcile::plan::{self, Apply, Identity, ObjRef, Owned, Plan};
 
-/// The annotation by which whoever may write an existing object hands it to a controller:
-/// `wasmop.dev/adopt: <WasmController name>`.
-pub const ADOPT_ANNOTATION: &str = "wasmop.dev/adopt";
 /// How soon a parent whose writes wait for a dependency created in the same round is retried.
 pub const DEPENDENCY_RETRY: Duration = Duration::from_secs(1);
-
-/// What an apply last produced: (hash of the body we sent, resourceVersion it resulted in).
-pub(crate) type AppliedAs = (u64, String);
-/// Per parent: what we last applied, by target.
-pub(crate) type AppliedByTarget = HashMap<(ObjRef, &'static str), AppliedAs>;
-
-/// A desired child that exists and is not this controller's.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Conflict {
-    pub target: ObjRef,
-    /// Who controls it, as a phrase: "is controlled by Website other", "has no controller ...".
-    pub holder: String,
-    /// Whether the adoption annotation could hand it over (nothing else controls it).
-    pub adoptable: bool,
-}
-
-impl std::fmt::Display for Conflict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} exists and is not this controller's: it {}",
-            self.target, self.holder
-        )
-    }
-}
 
 /// Whose a live object of a desired child's name is.
 pub(crate) enum Ownership {

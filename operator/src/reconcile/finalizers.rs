@@ -20,7 +20,6 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::cluster::api_error::{is_forbidden, readable};
-use crate::reconcile::controller::{self, Runtime};
 use crate::reconcile::plan::{Identity, ObjRef};
 
 /// The WasmController's own finalizer while its parents may hold this controller's.
@@ -173,9 +172,24 @@ impl Finalizers {
 ///
 /// Parents are listed afresh each round (as the team, or the operator when the team may no
 /// longer list them): releasing must not depend on a cache that may no longer be fed.
+/// One more `finalize` call of a parent being deleted, by the stopped controller (implemented
+/// by the reconcile path, which this module does not know).
+pub trait Finalize: Sync {
+    fn finalize(&self, parent: &DynamicObject) -> impl Future<Output = Finalized> + Send;
+}
+
+/// What one more `finalize` call of a parent being deleted came to.
+pub enum Finalized {
+    /// `finalize` said `finalized: true`, and the finalizer is gone.
+    Released,
+    /// Not finalized yet, or it failed: try again in the next round, until the grace period ends.
+    NotYet,
+    /// The team's account may no longer act: release the finalizer now.
+    CannotFinalize,
+}
+
 pub struct Release<'a> {
     finalizers: &'a Finalizers,
-    finalize: Option<&'a Runtime>,
     deadline: Instant,
     released: HashSet<Option<String>>,
     /// How many parents held the finalizer when the release began.
@@ -185,13 +199,9 @@ pub struct Release<'a> {
 impl<'a> Release<'a> {
     /// # Errors
     /// Neither account may list the parents.
-    pub async fn new(
-        finalizers: &'a Finalizers,
-        finalize: Option<&'a Runtime>,
-    ) -> Result<Self, Error> {
+    pub async fn new(finalizers: &'a Finalizers) -> Result<Self, Error> {
         let mut release = Release {
             finalizers,
-            finalize,
             deadline: Instant::now() + FINALIZE_GRACE,
             released: HashSet::new(),
             total: 0,
@@ -237,29 +247,25 @@ impl<'a> Release<'a> {
     }
 
     /// One round over the parents still holding the finalizer. Returns how many are left.
+    /// `finalize`, when given, is one more `finalize` call of a parent being deleted (the
+    /// stopped controller's), tried until [`FINALIZE_GRACE`] has passed.
     ///
     /// # Errors
     /// A finalizer could not be removed (the caller retries later).
-    pub async fn round(&mut self) -> Result<usize, Error> {
+    pub async fn round<F: Finalize>(&mut self, finalize: Option<&F>) -> Result<usize, Error> {
         for parent in self.left().await? {
             let deleting = parent.metadata.deletion_timestamp.is_some();
-            if let Some(rt) = self.finalize
+            if let Some(finalize) = finalize
                 && deleting
                 && Instant::now() < self.deadline
             {
-                match controller::reconcile_parent(&parent, rt).await {
-                    Ok(outcome) if outcome.released => {
+                match finalize.finalize(&parent).await {
+                    Finalized::Released => {
                         self.released.insert(parent.uid());
                         continue;
                     }
-                    Err(controller::Error::Forbidden(error)) => {
-                        tracing::info!(parent = %parent.name_any(), %error, "the team's account can no longer finalize: releasing");
-                    }
-                    Ok(_) => continue, // not finalized yet: again until the deadline
-                    Err(error) => {
-                        tracing::info!(parent = %parent.name_any(), %error, "finalize failed; retrying until the grace period ends");
-                        continue;
-                    }
+                    Finalized::NotYet => continue, // again until the deadline
+                    Finalized::CannotFinalize => {} // release it now
                 }
             }
             self.finalizers.remove(&parent).await?;

@@ -2,6 +2,7 @@
 //!
 //! - [`controller`]: the kube-runtime controller of one WasmController and the path of one
 //!   parent: finalizer, access check, gather, plugin call, plan, execute.
+//! - [`context`]: what the steps share: the reconcile `Error` and a WasmController's `Runtime`.
 //! - [`related`]: `spec.related`: API-contract references and selectors, resolved for a parent.
 //! - [`triggers`]: related objects' watches, and the parents a change to one re-reconciles.
 //! - [`plan`]: validates a plugin response into SSA applies and a prune set (pure).
@@ -10,6 +11,7 @@
 //! - [`conflicts`]: a field two controllers write, reported on both of them.
 
 pub mod conflicts;
+pub mod context;
 pub mod controller;
 pub mod execute;
 pub mod finalizers;

@@ -167,7 +167,7 @@ impl Reads<'_> {
             Reads::Tracked { tracker, parent } => tracker
                 .get(parent, resource, name)
                 .await
-                .map_err(|e| e.into_related(spec, resource)),
+                .map_err(|e| watch_error(e, spec, resource)),
         }
     }
 
@@ -199,8 +199,25 @@ impl Reads<'_> {
             Reads::Tracked { tracker, .. } => tracker
                 .list(resource, selector)
                 .await
-                .map_err(|e| e.into_related(spec, resource)),
+                .map_err(|e| watch_error(e, spec, resource)),
         }
+    }
+}
+
+/// A failed read from the related watches, as an error naming the entry.
+fn watch_error(
+    e: crate::reconcile::triggers::Error,
+    spec: &RelatedSpec,
+    resource: &ApiResource,
+) -> Error {
+    use crate::reconcile::triggers::Error as Read;
+    Error::Watch {
+        name: spec.name.clone(),
+        kind: format!("{} ({})", resource.kind, resource.api_version),
+        message: match e {
+            Read::Access(e) => format!("{e} (related objects are watched as the account)"),
+            Read::Watch(e) => e.to_string(),
+        },
     }
 }
 

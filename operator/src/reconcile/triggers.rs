@@ -22,30 +22,15 @@ use tokio::sync::mpsc;
 
 use crate::cluster::access::Access;
 use crate::cluster::watches::{self, Scope, SharedKind, Watches};
-use crate::crd::RelatedSpec;
-use crate::reconcile::related;
 
 /// A related object, by what a reference names: (group, kind, name).
 type Target = (String, String, String);
 
-/// Why a related read failed (turned into a [`related::Error`] naming the entry).
+/// Why a related read failed (`related.rs` turns it into an error naming the entry).
 #[derive(Debug)]
 pub enum Error {
     Access(crate::cluster::access::Error),
     Watch(watches::Error),
-}
-
-impl Error {
-    pub(crate) fn into_related(self, spec: &RelatedSpec, resource: &ApiResource) -> related::Error {
-        related::Error::Watch {
-            name: spec.name.clone(),
-            kind: format!("{} ({})", resource.kind, resource.api_version),
-            message: match self {
-                Error::Access(e) => format!("{e} (related objects are watched as the account)"),
-                Error::Watch(e) => e.to_string(),
-            },
-        }
-    }
 }
 
 /// The related-object watches and reverse index of one running controller.

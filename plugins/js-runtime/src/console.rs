@@ -11,8 +11,6 @@ use std::cell::Cell;
 use rquickjs::function::Rest;
 use rquickjs::{Coerced, Ctx, FromJs, Function, Object, Value};
 
-use crate::engine::describe_exception;
-
 /// The level of one console line; mirrors Extism's log levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -98,4 +96,25 @@ pub(crate) fn format_value<'js>(ctx: &Ctx<'js>, value: Value<'js>) -> String {
             String::from("<unprintable value>")
         }
     }
+}
+
+/// Renders a thrown value: `[Name: ]message` then the stack for errors, else the value as text.
+pub(crate) fn describe_exception<'js>(ctx: &Ctx<'js>, value: Value<'js>) -> String {
+    let Some(error) = value.as_exception() else {
+        return format_value(ctx, value);
+    };
+    let message = error.message().unwrap_or_default();
+    let name: Option<String> = error.get("name").ok().flatten();
+    let mut text = match name.as_deref() {
+        Some(n) if !n.is_empty() && n != "Error" => format!("{n}: {message}"),
+        _ => message,
+    };
+    if let Some(stack) = error.stack() {
+        let stack = stack.trim_end();
+        if !stack.is_empty() {
+            text.push('\n');
+            text.push_str(stack);
+        }
+    }
+    text
 }

@@ -24,7 +24,7 @@ use rquickjs::promise::PromiseState;
 use rquickjs::{Context, Ctx, Function, Module, Object, Persistent, Runtime, Value};
 use serde::Serialize;
 
-use crate::console;
+use crate::console::{self, describe_exception};
 
 /// The two entry points of the wasmop plugin ABI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -329,27 +329,6 @@ fn caught(
         None => (None, None),
     };
     make(describe_exception(ctx, value), line, column)
-}
-
-/// Renders a thrown value: `[Name: ]message` then the stack for errors, else the value as text.
-pub(crate) fn describe_exception<'js>(ctx: &Ctx<'js>, value: Value<'js>) -> String {
-    let Some(error) = value.as_exception() else {
-        return console::format_value(ctx, value);
-    };
-    let message = error.message().unwrap_or_default();
-    let name: Option<String> = error.get("name").ok().flatten();
-    let mut text = match name.as_deref() {
-        Some(n) if !n.is_empty() && n != "Error" => format!("{n}: {message}"),
-        _ => message,
-    };
-    if let Some(stack) = error.stack() {
-        let stack = stack.trim_end();
-        if !stack.is_empty() {
-            text.push('\n');
-            text.push_str(stack);
-        }
-    }
-    text
 }
 
 /// The first `file:line:column` of `file_name` in a QuickJS stack trace, whose frames read

@@ -264,7 +264,7 @@ mod tests {
         let failed = Evaluation {
             logs: vec![],
             elapsed: None,
-            result: Err(crate::reconcile::controller::Error::Plugin(
+            result: Err(crate::reconcile::context::Error::Plugin(
                 crate::plugin::Error::Failed {
                     message: "spec.replicas must be a non-negative integer".into(),
                 },
