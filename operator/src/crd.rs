@@ -115,16 +115,30 @@ pub struct RelatedSpec {
     /// The key under `request.related` in the plugin call.
     #[schemars(regex(pattern = r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$"), length(max = 63))]
     pub name: String,
-    /// JSONPath into the parent that yields `{apiVersion, kind, name[, namespace]}`, e.g.
-    /// `$.spec.infrastructureRef`. The referenced object must be in the parent's namespace.
+    /// JSONPath into the parent that yields a reference, e.g. `$.spec.infrastructureRef`:
+    /// `{apiVersion, kind, name}`, `{apiGroup, kind, name}` (Cluster API v1beta2) or `{group,
+    /// kind, name}` (Gateway API; `""` is the core group), each with an optional `namespace`
+    /// that must be the parent's. A path that yields a list (Gateway API `targetRefs`), or
+    /// several values, gives the plugin one entry per reference under `targets`. Without a
+    /// version, the version comes from `contractVersions`, else the group's preferred one.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub ref_: Option<String>,
     /// With `ref`, required: the kinds a reference may name (a whole group when `kind` is
-    /// empty, `""` for the core group). References to any other kind are refused. List only
-    /// what the plugin needs: whatever a plugin can read it can copy into the parent's status.
+    /// empty, `""` for the core group). A reference to any other kind is not read: an empty
+    /// `allowedKinds` allows no reference at all. List only what the plugin needs: whatever
+    /// a plugin can read it can copy into the parent's status.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_kinds: Vec<GroupKind>,
+    /// With `ref`, for references without a version (`apiGroup` or `group`): CRD labels that
+    /// name the versions implementing a contract, tried in order, as Cluster API providers
+    /// label their CRDs (`cluster.x-k8s.io/v1beta2: v1beta1_v1beta2`). The newest served
+    /// version the first present label lists is read. A CRD with none of them is an
+    /// unresolved reference. Empty: the group's preferred version. The CRD's labels are read
+    /// with the operator's account, never the team's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 316)))]
+    pub contract_versions: Vec<String>,
     /// With `ref`: contract field name -> JSONPath into the referenced object, e.g.
     /// `ready: $.status.ready`. Values are handed to the plugin under `contract`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -493,8 +507,8 @@ const CEL_RULES: &[(&[&str], &str, &str)] = &[
     ),
     (
         &["spec", "related", "[]"],
-        "has(self.ref) || (!has(self.contract) && !has(self.contractFields) && !has(self.allowedKinds))",
-        "spec.related[]: contract, contractFields and allowedKinds only apply to ref entries",
+        "has(self.ref) || (!has(self.contract) && !has(self.contractFields) && !has(self.allowedKinds) && !has(self.contractVersions))",
+        "spec.related[]: contract, contractFields, contractVersions and allowedKinds only apply to ref entries",
     ),
     (
         &["spec", "related", "[]"],

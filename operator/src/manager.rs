@@ -901,6 +901,11 @@ async fn write_status(
             generation,
         ));
         conditions.push(contested_condition(&ctx.board, &r.runtime, generation));
+        conditions.push(references_condition(
+            &r.runtime,
+            &wc.spec.parent.kind,
+            generation,
+        ));
     }
     let current = wc.status.clone().unwrap_or_default();
     for c in &mut conditions {
@@ -985,6 +990,42 @@ fn throttled_condition(rt: &Runtime, kind: &str, generation: Option<i64>) -> Con
             )
         }
     }
+}
+
+/// `ReferencesResolved`: whether every parent's `spec.related` references resolve (a kind
+/// outside `allowedKinds`, one not served, an object that does not exist, a reference of an
+/// unknown shape are not fatal to a reconcile, so without this only the plugin would know).
+fn references_condition(rt: &Runtime, kind: &str, generation: Option<i64>) -> Condition {
+    let unresolved = rt.unresolved.lock().unwrap();
+    let Some((parent, problems)) = unresolved.iter().next() else {
+        return condition(
+            "ReferencesResolved",
+            "True",
+            "AllResolved",
+            "every reference of every parent resolves",
+            generation,
+        );
+    };
+    let first = &problems[0];
+    let mut more = Vec::new();
+    if problems.len() > 1 {
+        more.push(format!("{} more of this parent", problems.len() - 1));
+    }
+    if unresolved.len() > 1 {
+        more.push(format!("{} more parents", unresolved.len() - 1));
+    }
+    let more = if more.is_empty() {
+        String::new()
+    } else {
+        format!(" (and {})", more.join(", "))
+    };
+    condition(
+        "ReferencesResolved",
+        "False",
+        "UnresolvedReference",
+        &format!("{kind} {parent}: {first}{more}"),
+        generation,
+    )
 }
 
 /// `Contested`: whether another controller's writes are refused because they contest fields

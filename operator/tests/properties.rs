@@ -1551,6 +1551,7 @@ fn related(name: &str, ref_: Option<String>, contract: BTreeMap<String, String>)
         allowed_kinds: Vec::new(),
         contract,
         contract_fields: BTreeMap::new(),
+        contract_versions: vec![],
         api_version: None,
         kind: None,
         selector: None,

@@ -73,6 +73,29 @@ export interface Related {
   violations?: string[];
   /** Why `object` is null, when it is (e.g. "spec.infrastructureRef is not set"). */
   reason?: string | null;
+  /**
+   * For a `ref` whose JSONPath yields a list of references (Gateway API `targetRefs`):
+   * one entry per reference, in the list's order; `object` is then null.
+   */
+  targets?: RelatedTarget[];
+}
+
+/** One reference of a list `ref` entry, resolved. */
+export interface RelatedTarget {
+  /** The reference as the parent wrote it, e.g. `{group, kind, name, sectionName}`. */
+  ref: Unstructured;
+  /** The referenced object; null when it cannot be resolved (see `reason`). */
+  object?: Unstructured;
+  /** Contract fields read from `object`, by contract field name (as on the entry). */
+  contract?: { [key: string]: Unstructured };
+  /** Contract field names not present in `object` (or of the wrong type). */
+  missing?: string[];
+  /** For each field in `contract`: the JSONPath its value came from. */
+  matched?: { [key: string]: string };
+  /** Contract violations (also a Warning Event on the parent). */
+  violations?: string[];
+  /** Why `object` is null, when it is (e.g. "HTTPRoute b does not exist"). */
+  reason?: string | null;
 }
 
 /** What the plugin wants. The whole response is validated before anything is written. */

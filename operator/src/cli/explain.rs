@@ -26,7 +26,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::core::GroupVersionKind;
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
-use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT, Related};
+use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT};
 
 use crate::cli::eval::logs::PluginLogs;
 use crate::cli::eval::{self, Inputs};
@@ -601,31 +601,10 @@ async fn resolve_related(
     }
     for entry in &wc.spec.related {
         match related::resolve(&related::Reads::Direct(client), entry, parent, ns).await {
-            Ok((value, target)) => {
-                match (&value.reason, &target) {
-                    (Some(reason), _) => {
-                        report.line(format!("{}: {reason}", entry.name));
-                        report.block(format!("related {}: {reason}", entry.name));
-                    }
-                    (None, Some(t)) => {
-                        report.line(format!(
-                            "{}: {}/{} ({}), contract {}",
-                            entry.name,
-                            t.kind,
-                            t.name,
-                            t.api_version,
-                            compact(&serde_json::to_value(&value.contract).unwrap_or_default())
-                        ));
-                        report_contract(&entry.name, t, &value, report);
-                    }
-                    (None, None) => report.line(format!(
-                        "{}: {} object(s) selected",
-                        entry.name,
-                        value.objects.len()
-                    )),
-                }
-                related.values.insert(entry.name.clone(), value);
-                related.targets.extend(target);
+            Ok(resolved) => {
+                report_resolved(entry, &resolved, report);
+                related.values.insert(entry.name.clone(), resolved.related);
+                related.targets.extend(resolved.targets);
             }
             Err(e) => {
                 // The operator fails the reconcile before calling the plugin.
@@ -638,11 +617,71 @@ async fn resolve_related(
     related
 }
 
+/// What one entry resolved to. A reference that cannot be resolved (as the operator reports
+/// it on the WasmController) or an object that is null blocks.
+fn report_resolved(
+    entry: &crate::crd::RelatedSpec,
+    resolved: &related::Resolved,
+    report: &mut Report,
+) {
+    let name = &entry.name;
+    for problem in &resolved.unresolved {
+        report.line(format!("{name}: unresolved reference {problem}"));
+        report.block(format!("related {name}: {}", problem.message));
+    }
+    let value = &resolved.related;
+    if !value.targets.is_empty() {
+        for (target, t) in resolved
+            .targets
+            .iter()
+            .zip(value.targets.iter().filter(|t| t.object.is_some()))
+        {
+            report.line(format!(
+                "{name}: {}/{} ({}), contract {}",
+                target.kind,
+                target.name,
+                target.api_version,
+                compact(&serde_json::to_value(&t.contract).unwrap_or_default())
+            ));
+            report_contract(name, target, &t.contract, &t.matched, report);
+        }
+        return;
+    }
+    match (&value.reason, resolved.targets.first()) {
+        (Some(reason), _) => {
+            if resolved.unresolved.is_empty() {
+                report.line(format!("{name}: {reason}"));
+                report.block(format!("related {name}: {reason}"));
+            }
+        }
+        (None, Some(t)) => {
+            report.line(format!(
+                "{name}: {}/{} ({}), contract {}",
+                t.kind,
+                t.name,
+                t.api_version,
+                compact(&serde_json::to_value(&value.contract).unwrap_or_default())
+            ));
+            report_contract(name, t, &value.contract, &value.matched, report);
+        }
+        (None, None) => report.line(format!(
+            "{name}: {} object(s) selected",
+            value.objects.len()
+        )),
+    }
+}
+
 /// Names each contract field, the path it was read from and the related object, and blocks on
 /// a contract field that is `false` (a readiness the parent waits for, Cluster API style).
-fn report_contract(entry: &str, target: &ObjRef, value: &Related, report: &mut Report) {
-    for (field, v) in &value.contract {
-        let path = value.matched.get(field).map_or("?", String::as_str);
+fn report_contract(
+    entry: &str,
+    target: &ObjRef,
+    contract: &BTreeMap<String, Value>,
+    matched: &BTreeMap<String, String>,
+    report: &mut Report,
+) {
+    for (field, v) in contract {
+        let path = matched.get(field).map_or("?", String::as_str);
         let from = format!("{path} of {} {}", target.kind, target.name);
         report.line(format!("  {field} = {} (from {from})", compact(v)));
         if *v == Value::Bool(false) {

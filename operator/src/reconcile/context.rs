@@ -25,7 +25,7 @@ use crate::plugin::{self, LoadedPlugin};
 use crate::reconcile::conflicts::{self, Board};
 use crate::reconcile::finalizers::{self, Finalizers};
 use crate::reconcile::plan::{self, Identity, ObjRef};
-use crate::reconcile::related;
+use crate::reconcile::related::{self, Unresolved};
 use crate::reconcile::triggers::Tracker;
 
 /// The annotation by which whoever may write an existing object hands it to a controller:
@@ -281,6 +281,8 @@ pub struct Runtime {
     pub(super) triggers: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<DynamicObject>>>>,
     /// Current failures by parent name; the manager reports them on the WasmController.
     pub failures: Mutex<BTreeMap<String, Failure>>,
+    /// References that cannot be resolved, by parent name (`ReferencesResolved`).
+    pub unresolved: Mutex<BTreeMap<String, Vec<Unresolved>>>,
     pub(super) health: mpsc::UnboundedSender<()>,
     /// Fields written to objects this controller does not own (status, `apply` patches), by
     /// kind name: its `patches` dependencies, reported on the WasmController.
@@ -319,6 +321,7 @@ impl Runtime {
         let (triggers_tx, triggers) = mpsc::unbounded_channel();
         let tracker = Tracker::new(
             client.clone(),
+            operator.clone(),
             namespace.clone(),
             spec.service_account_name.clone(),
             watches,
@@ -355,6 +358,7 @@ impl Runtime {
             tracker,
             triggers: Mutex::new(Some(triggers)),
             failures: Mutex::new(BTreeMap::new()),
+            unresolved: Mutex::new(BTreeMap::new()),
             health,
             written: Mutex::new(BTreeMap::new()),
             board,
@@ -408,6 +412,24 @@ impl Runtime {
         }
     }
 
+    /// Records the references of `parent` that cannot be resolved now, and returns those
+    /// that are new since its last reconcile (each is reported as an Event once; one that
+    /// stays is not reported again). A change refreshes the WasmController's status.
+    pub(super) fn note_unresolved(&self, parent: &str, now: Vec<Unresolved>) -> Vec<Unresolved> {
+        let mut unresolved = self.unresolved.lock().unwrap();
+        let before = if now.is_empty() {
+            unresolved.remove(parent)
+        } else {
+            unresolved.insert(parent.into(), now.clone())
+        }
+        .unwrap_or_default();
+        drop(unresolved);
+        if before != now {
+            let _ = self.health.send(());
+        }
+        now.into_iter().filter(|p| !before.contains(p)).collect()
+    }
+
     /// Forgets a parent that is gone: its failure, backoff and applied-skip entries.
     pub(super) fn forget(&self, parent: &str) {
         self.backoff.lock().unwrap().remove(parent);
@@ -415,7 +437,8 @@ impl Runtime {
         self.buckets.lock().unwrap().remove(parent);
         self.tracker.forget(parent);
         self.board.withdraw(&self.label(), Some(parent));
-        let throttled = self.throttled.lock().unwrap().remove(parent).is_some();
+        let throttled = self.throttled.lock().unwrap().remove(parent).is_some()
+            | self.unresolved.lock().unwrap().remove(parent).is_some();
         if self.failures.lock().unwrap().remove(parent).is_some() || throttled {
             let _ = self.health.send(());
         }

@@ -265,27 +265,8 @@ pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Re
     // 3. Gather the inputs: parent and children from the shared caches, related objects as the account.
     let parent_json = kinds::clean(parent.clone(), &rt.parent.resource);
     let (owned, children) = gather_children(rt, parent);
-    let mut related_inputs = BTreeMap::new();
-    let mut related_targets = Vec::new();
     let name = parent.name_any();
-    rt.tracker.begin(&name);
-    let reads = related::Reads::Tracked {
-        tracker: &rt.tracker,
-        parent: &name,
-    };
-    for spec in &rt.spec.related {
-        let (value, target) = related::resolve(&reads, spec, &parent_json, &rt.namespace).await?;
-        for violation in &value.violations {
-            let note = format!(
-                "spec.related[{}]: contract violation: {violation}",
-                spec.name
-            );
-            rt.publish(parent, KubeEventType::Warning, "ContractViolation", &note)
-                .await;
-        }
-        related_inputs.insert(spec.name.clone(), value);
-        related_targets.extend(target);
-    }
+    let related = gather_related(rt, parent, &parent_json, &name).await?;
     let request = ReconcileRequest {
         abi_version: ABI_VERSION.into(),
         controller: ControllerInfo {
@@ -295,7 +276,7 @@ pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Re
         },
         object: parent_json.clone(),
         children,
-        related: related_inputs,
+        related: related.inputs,
         finalizing,
     };
 
@@ -322,7 +303,7 @@ pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Re
         identity: &rt.identity,
         parent: &parent_json,
         child_kinds: &child_kinds,
-        related: &related_targets,
+        related: &related.targets,
         owned: &owned,
         finalizing,
     };
@@ -334,7 +315,10 @@ pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Re
         rt.finalizers.remove(parent).await?;
         return Ok(Outcome::released());
     }
-    let requeue = plan.requeue_after.map_or(rt.resync, |r| r.min(rt.resync));
+    let mut requeue = plan.requeue_after.map_or(rt.resync, |r| r.min(rt.resync));
+    if related.retry {
+        requeue = requeue.min(related::UNRESOLVED_RETRY); // no watch sees a CRD installed
+    }
     Ok(Outcome {
         action: Action::requeue(requeue),
         released: false,
@@ -362,6 +346,69 @@ async fn finalize_once(parent: &DynamicObject, rt: &Runtime) -> finalizers::Fina
             finalizers::Finalized::NotYet
         }
     }
+}
+
+/// A parent's related objects as the plugin gets them, the objects it may patch, and whether
+/// a reference waits for something only a retry sees.
+struct RelatedInputs {
+    inputs: BTreeMap<String, wasmop_abi::Related>,
+    targets: Vec<ObjRef>,
+    retry: bool,
+}
+
+/// Step 3b: resolves every `spec.related` entry as the team's account, noting what each
+/// reference points at (so a change re-reconciles this parent). Contract violations and
+/// references that cannot be resolved are reported (`Unresolved`), not fatal: the plugin
+/// still runs and sees `reason`.
+async fn gather_related(
+    rt: &Runtime,
+    parent: &DynamicObject,
+    parent_json: &Value,
+    name: &str,
+) -> Result<RelatedInputs> {
+    let mut out = RelatedInputs {
+        inputs: BTreeMap::new(),
+        targets: Vec::new(),
+        retry: false,
+    };
+    let mut unresolved = Vec::new();
+    rt.tracker.begin(name);
+    let reads = related::Reads::Tracked {
+        tracker: &rt.tracker,
+        parent: name,
+    };
+    for spec in &rt.spec.related {
+        let resolved = related::resolve(&reads, spec, parent_json, &rt.namespace).await?;
+        let violations = resolved.related.violations.iter().chain(
+            resolved
+                .related
+                .targets
+                .iter()
+                .flat_map(|t| t.violations.iter()),
+        );
+        for violation in violations {
+            let note = format!(
+                "spec.related[{}]: contract violation: {violation}",
+                spec.name
+            );
+            rt.publish(parent, KubeEventType::Warning, "ContractViolation", &note)
+                .await;
+        }
+        out.retry |= resolved.retry;
+        out.targets.extend(resolved.targets);
+        unresolved.extend(resolved.unresolved);
+        out.inputs.insert(spec.name.clone(), resolved.related);
+    }
+    for problem in rt.note_unresolved(name, unresolved) {
+        rt.publish(
+            parent,
+            KubeEventType::Warning,
+            "UnresolvedReference",
+            &problem.to_string(),
+        )
+        .await;
+    }
+    Ok(out)
 }
 
 /// The account may still `get`, `list` and `watch` the parent and child kinds (an access

@@ -11,7 +11,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::core::GroupVersionKind;
 use kube::{Api, Client};
 use serde_json::Value;
-use wasmop_abi::Related;
+use wasmop_abi::{Related, RelatedTarget};
 
 use crate::cluster::api_error::readable;
 use crate::crd::RelatedSpec;
@@ -31,24 +31,7 @@ pub enum Error {
         path: String,
         message: String,
     },
-    #[error(
-        "spec.related[{name}]: reference {found} names kind {kind} in group {group:?}, which spec.related[{name}].allowedKinds does not list (references are denied unless their kind is listed); add {{group: {group:?}, kind: {kind}}} to allowedKinds if the plugin should read it"
-    )]
-    KindNotAllowed {
-        name: String,
-        found: String,
-        group: String,
-        kind: String,
-    },
-    #[error(
-        "spec.related[{name}]: reference {found} points into another namespace: only objects in the parent's namespace {namespace:?} can be related; drop the reference's namespace field"
-    )]
-    OtherNamespace {
-        name: String,
-        found: String,
-        namespace: String,
-    },
-    #[error("spec.related[{name}]: kind {gvk} is not served by the API server: {}", readable(.source))]
+    #[error("spec.related[{name}]: discovering {gvk}: {}", readable(.source))]
     Discovery {
         name: String,
         gvk: String,
@@ -145,6 +128,15 @@ impl Reads<'_> {
         }
     }
 
+    /// The client CRD labels are read with: the operator's own account for a running
+    /// controller (a team need not read CRDs), the caller's for `wasmop explain`.
+    fn crds(&self) -> &Client {
+        match self {
+            Reads::Direct(client) => client,
+            Reads::Tracked { tracker, .. } => tracker.operator(),
+        }
+    }
+
     async fn get(
         &self,
         spec: &RelatedSpec,
@@ -221,22 +213,54 @@ fn watch_error(
     }
 }
 
-/// Resolves one entry for `parent`. Returns the resolved value and, for a `ref`, the
-/// referenced object's identity (an allowed `apply` target).
+/// One `spec.related` entry resolved for one parent.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// What the plugin gets under `request.related`.
+    pub related: Related,
+    /// The referenced objects that exist: allowed `apply` targets.
+    pub targets: Vec<ObjRef>,
+    /// References that cannot be resolved: reported on the WasmController and the parent.
+    pub unresolved: Vec<Unresolved>,
+    /// A reference waits for something no watch sees (a kind not served yet, a CRD label):
+    /// the parent is retried after [`UNRESOLVED_RETRY`].
+    pub retry: bool,
+}
+
+/// How soon a parent is reconciled again whose reference names a kind that is not served, or
+/// whose CRD lacks the contract label (no watch would see either change).
+pub const UNRESOLVED_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A reference that cannot be resolved, by the field it came from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Unresolved {
+    /// `spec.related[infra] ($.spec.infrastructureRef)`, with `[i]` for a list's reference.
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Resolves one entry for `parent`: its value for the plugin, the objects it may patch, and
+/// the references that cannot be resolved (the plugin is still called; `reason` says why).
 ///
 /// # Errors
-/// Disallowed kinds, other namespaces, unknown kinds, read failures (e.g. forbidden).
+/// Read failures (e.g. the account may not watch the kind) and failed discovery requests.
 pub async fn resolve(
     reads: &Reads<'_>,
     spec: &RelatedSpec,
     parent: &Value,
     namespace: &str,
-) -> Result<(Related, Option<ObjRef>)> {
+) -> Result<Resolved> {
     if let Some(path) = &spec.ref_ {
         return resolve_ref(reads, spec, path, parent, namespace).await;
     }
     let (Some(api_version), Some(kind)) = (&spec.api_version, &spec.kind) else {
-        return Ok((Related::default(), None)); // ruled out by the CRD's CEL rules
+        return Ok(Resolved::default()); // ruled out by the CRD's CEL rules
     };
     let gvk = crate::cluster::kinds::gvk(api_version, kind);
     let resource = discover(reads.client(), &spec.name, &gvk).await?;
@@ -251,13 +275,104 @@ pub async fn resolve(
             .as_str()
             .cmp(&b["metadata"]["name"].as_str())
     });
-    Ok((
-        Related {
+    Ok(Resolved {
+        related: Related {
             objects,
             ..Default::default()
         },
-        None,
-    ))
+        ..Default::default()
+    })
+}
+
+/// A reference in one of the shapes wasmop follows.
+#[derive(Debug, PartialEq)]
+struct Reference {
+    group: String,
+    /// None: `apiGroup`/`group` without a version (resolved by [`kinds::resource_by_group`]).
+    version: Option<String>,
+    kind: String,
+    name: String,
+    namespace: Option<String>,
+}
+
+impl Reference {
+    /// `{apiVersion, kind, name}`, `{apiGroup, kind, name}` (Cluster API v1beta2) or `{group,
+    /// kind, name}` (Gateway API), each with an optional `namespace`; other keys are ignored.
+    fn parse(value: &Value) -> Option<Reference> {
+        let field = |k: &str| value.get(k).and_then(Value::as_str);
+        let non_empty = |k: &str| field(k).filter(|s| !s.is_empty()).map(String::from);
+        let (kind, name) = (non_empty("kind")?, non_empty("name")?);
+        let (group, version) = match field("apiVersion") {
+            Some(api_version) => {
+                let gvk = crate::cluster::kinds::gvk(api_version, &kind);
+                (
+                    gvk.group,
+                    Some(gvk.version).filter(|v| !v.is_empty())?.into(),
+                )
+            }
+            None => (field("apiGroup").or(field("group"))?.to_string(), None),
+        };
+        Some(Reference {
+            group,
+            version,
+            kind,
+            name,
+            namespace: non_empty("namespace"),
+        })
+    }
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
+        match &self.version {
+            Some(v) if self.group.is_empty() => write!(f, "{}/{} ({v})", self.kind, self.name),
+            Some(v) => write!(f, "{}/{} ({group}/{v})", self.kind, self.name),
+            None => write!(f, "{}/{} (group {group})", self.kind, self.name),
+        }
+    }
+}
+
+/// One reference resolved (a single `ref`, or one of a list).
+#[derive(Default)]
+struct One {
+    object: Option<Value>,
+    read: ContractRead,
+    reason: Option<String>,
+    target: Option<ObjRef>,
+    problem: Option<String>,
+    retry: bool,
+}
+
+impl One {
+    /// Not resolved: the plugin gets `reason`, the WasmController and the parent the problem.
+    fn unresolved(spec: &RelatedSpec, message: String, retry: bool) -> Self {
+        One {
+            read: ContractRead {
+                missing: all_fields(spec),
+                ..Default::default()
+            },
+            reason: Some(message.clone()),
+            problem: Some(message),
+            retry,
+            ..Default::default()
+        }
+    }
+}
+
+fn all_fields(spec: &RelatedSpec) -> Vec<String> {
+    let mut fields: Vec<String> = spec
+        .contract
+        .keys()
+        .chain(spec.contract_fields.keys())
+        .cloned()
+        .collect();
+    fields.sort();
+    fields
 }
 
 async fn resolve_ref(
@@ -266,60 +381,131 @@ async fn resolve_ref(
     path: &str,
     parent: &Value,
     namespace: &str,
-) -> Result<(Related, Option<ObjRef>)> {
-    let missing_all = |reason: String| Related {
-        missing: spec.contract.keys().cloned().collect(),
-        reason: Some(reason),
-        ..Default::default()
+) -> Result<Resolved> {
+    let hits: Vec<Value> = parent
+        .query(path)
+        .map(|hits| hits.into_iter().filter(|v| !v.is_null()).cloned().collect())
+        .unwrap_or_default();
+    let field = |i: Option<usize>| match i {
+        None => format!("spec.related[{}] ({path})", spec.name),
+        Some(i) => format!("spec.related[{}] ({path}[{i}])", spec.name),
     };
-    let Some(reference) = first(parent, path) else {
-        return Ok((
-            missing_all(format!("{path} is not set on the parent")),
-            None,
-        ));
+    let list = match hits.as_slice() {
+        [] => {
+            let mut related = Related {
+                missing: all_fields(spec),
+                reason: Some(format!("{path} is not set on the parent")),
+                ..Default::default()
+            };
+            related.missing.dedup();
+            return Ok(Resolved {
+                related,
+                ..Default::default()
+            });
+        }
+        [Value::Array(items)] => items.clone(),
+        [one] => {
+            let one = resolve_one(reads, spec, one, namespace, path).await?;
+            let mut resolved = Resolved::default();
+            resolved.note(&one, field(None));
+            resolved.related = Related {
+                object: one.object,
+                objects: Vec::new(),
+                contract: one.read.contract,
+                missing: one.read.missing,
+                matched: one.read.matched,
+                violations: one.read.violations,
+                reason: one.reason,
+                targets: Vec::new(),
+            };
+            return Ok(resolved);
+        }
+        several => several.to_vec(),
     };
-    let field = |k: &str| reference.get(k).and_then(Value::as_str).map(String::from);
-    let (Some(api_version), Some(kind), Some(name)) =
-        (field("apiVersion"), field("kind"), field("name"))
-    else {
-        return Ok((
-            missing_all(format!(
-                "{path} must hold apiVersion, kind and name; found {reference}"
-            )),
-            None,
-        ));
-    };
-    let found = format!("{kind}/{name} ({api_version})");
-    if field("namespace").is_some_and(|ns| ns != namespace) {
-        return Err(Error::OtherNamespace {
-            name: spec.name.clone(),
-            found,
-            namespace: namespace.into(),
+    let mut resolved = Resolved::default();
+    for (i, reference) in list.iter().enumerate() {
+        let one = resolve_one(reads, spec, reference, namespace, path).await?;
+        resolved.note(&one, field(Some(i)));
+        resolved.related.targets.push(RelatedTarget {
+            reference: reference.clone(),
+            object: one.object,
+            contract: one.read.contract,
+            missing: one.read.missing,
+            matched: one.read.matched,
+            violations: one.read.violations,
+            reason: one.reason,
         });
     }
-    let gvk = crate::cluster::kinds::gvk(&api_version, &kind);
+    if resolved.related.targets.is_empty() {
+        resolved.related.reason = Some(format!("{path} is an empty list"));
+    }
+    Ok(resolved)
+}
+
+impl Resolved {
+    fn note(&mut self, one: &One, field: String) {
+        self.targets.extend(one.target.clone());
+        self.retry |= one.retry;
+        if let Some(message) = &one.problem {
+            self.unresolved.push(Unresolved {
+                field,
+                message: message.clone(),
+            });
+        }
+    }
+}
+
+/// Resolves one reference value: its shape, namespace, kind, version and object.
+async fn resolve_one(
+    reads: &Reads<'_>,
+    spec: &RelatedSpec,
+    value: &Value,
+    namespace: &str,
+    path: &str,
+) -> Result<One> {
+    let Some(reference) = Reference::parse(value) else {
+        let message = format!(
+            "{path} must hold a reference with kind, name and one of apiVersion, apiGroup or group; found {value}"
+        );
+        return Ok(One::unresolved(spec, message, false));
+    };
+    let found = reference.to_string();
+    if let Some(ns) = reference.namespace.as_ref().filter(|ns| *ns != namespace) {
+        let message = format!(
+            "{found} is in namespace {ns:?}: only objects in the parent's namespace {namespace:?} can be related; drop the reference's namespace"
+        );
+        return Ok(One::unresolved(spec, message, false));
+    }
     // Deny by default: an empty list allows nothing (the CRD requires one entry with `ref`).
-    let allowed = spec
-        .allowed_kinds
-        .iter()
-        .any(|a| a.group == gvk.group && a.kind.as_ref().is_none_or(|k| *k == kind));
+    let allowed = spec.allowed_kinds.iter().any(|a| {
+        a.group == reference.group && a.kind.as_ref().is_none_or(|k| *k == reference.kind)
+    });
     if !allowed {
-        return Err(Error::KindNotAllowed {
-            name: spec.name.clone(),
-            found,
-            group: gvk.group,
-            kind,
-        });
+        let message = format!(
+            "{found}: kind {} of group {:?} is not in spec.related[{}].allowedKinds (references are denied unless their kind is listed); add {{group: {:?}, kind: {}}} to allowedKinds if the plugin should read it",
+            reference.kind, reference.group, spec.name, reference.group, reference.kind
+        );
+        return Ok(One::unresolved(spec, message, false));
     }
-    let resource = discover(reads.client(), &spec.name, &gvk).await?;
-    let target = ObjRef {
-        api_version: api_version.clone(),
-        kind: kind.clone(),
-        namespace: namespace.into(),
-        name: name.clone(),
+    let resource = match resource_of(reads, spec, &reference).await? {
+        Ok(resource) => resource,
+        Err(message) => return Ok(One::unresolved(spec, format!("{found}: {message}"), true)),
     };
-    let Some(obj) = reads.get(spec, &resource, namespace, &name).await? else {
-        return Ok((missing_all(format!("{found} does not exist")), None));
+    let target = ObjRef {
+        api_version: resource.api_version.clone(),
+        kind: reference.kind.clone(),
+        namespace: namespace.into(),
+        name: reference.name.clone(),
+    };
+    let Some(obj) = reads
+        .get(spec, &resource, namespace, &reference.name)
+        .await?
+    else {
+        return Ok(One::unresolved(
+            spec,
+            format!("{found} does not exist"),
+            false,
+        ));
     };
     let obj = crate::cluster::kinds::clean(obj, &resource);
     let read = read_contract(spec, &obj, &found);
@@ -338,18 +524,56 @@ async fn resolve_ref(
         }
         reason
     });
-    Ok((
-        Related {
-            object: Some(obj),
-            objects: Vec::new(),
-            contract: read.contract,
-            missing: read.missing,
-            matched: read.matched,
-            violations: read.violations,
-            reason,
+    Ok(One {
+        object: Some(obj),
+        read,
+        reason,
+        target: Some(target),
+        problem: None,
+        retry: false,
+    })
+}
+
+/// The API resource of a reference: by its apiVersion, or by group and kind (the contract's
+/// CRD label, else the preferred version). `Ok(Err(message))` when there is none to read:
+/// the kind is not served, or its CRD does not declare the contract.
+async fn resource_of(
+    reads: &Reads<'_>,
+    spec: &RelatedSpec,
+    reference: &Reference,
+) -> Result<std::result::Result<ApiResource, String>> {
+    use crate::cluster::kinds::{self, GroupKindError};
+    let discovery = |source| Error::Discovery {
+        name: spec.name.clone(),
+        gvk: format!("{} in group {:?}", reference.kind, reference.group),
+        source,
+    };
+    match &reference.version {
+        Some(version) => {
+            let gvk = GroupVersionKind::gvk(&reference.group, version, &reference.kind);
+            match kinds::resource_of(reads.client(), &gvk).await {
+                Ok(resource) => Ok(Ok(resource)),
+                Err(kube::Error::Discovery(_)) => Ok(Err("the kind is not served".into())),
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    Ok(Err("the kind is not served".into()))
+                }
+                Err(source) => Err(discovery(source)),
+            }
+        }
+        None => match kinds::resource_by_group(
+            reads.client(),
+            reads.crds(),
+            &reference.group,
+            &reference.kind,
+            &spec.contract_versions,
+        )
+        .await
+        {
+            Ok(resource) => Ok(Ok(resource)),
+            Err(GroupKindError::Api(source)) => Err(discovery(source)),
+            Err(e) => Ok(Err(e.to_string())),
         },
-        Some(target),
-    ))
+    }
 }
 
 /// The JSONPaths a contract field is read from, in the order they are tried.
@@ -463,6 +687,7 @@ mod tests {
             allowed_kinds,
             contract: BTreeMap::new(),
             contract_fields: BTreeMap::new(),
+            contract_versions: vec![],
             api_version: None,
             kind: None,
             selector: None,
@@ -482,20 +707,28 @@ mod tests {
             ("empty allowedKinds", vec![]),
             ("another kind", vec![configmaps]),
         ] {
-            let err = resolve(
+            let resolved = resolve(
                 &Reads::Direct(&client),
                 &ref_entry(allowed),
                 &parent,
                 "team-a",
             )
             .await
-            .unwrap_err();
-            assert!(matches!(err, Error::KindNotAllowed { .. }), "{what}: {err}");
+            .unwrap();
+            // Not read, not fatal: reported, and the plugin is told why.
+            assert_eq!(resolved.related.object, None, "{what}");
+            assert!(resolved.targets.is_empty(), "{what}");
+            let [problem] = resolved.unresolved.as_slice() else {
+                panic!("{what}: {:?}", resolved.unresolved)
+            };
+            assert_eq!(problem.field, "spec.related[infra] ($.spec.infraRef)");
             assert!(
-                err.to_string()
-                    .contains("spec.related[infra].allowedKinds does not list"),
-                "{what}: {err}"
+                problem
+                    .message
+                    .contains("is not in spec.related[infra].allowedKinds"),
+                "{what}: {problem}"
             );
+            assert_eq!(resolved.related.reason.as_ref(), Some(&problem.message));
         }
         // A listed kind gets past the check (and on to discovery, which fails here).
         let core = crate::crd::GroupKind {
@@ -514,6 +747,102 @@ mod tests {
     }
 
     #[test]
+    fn references_are_read_in_the_three_shapes_wasmop_follows() {
+        let parse = |v: Value| Reference::parse(&v);
+        let want = |group: &str, version: Option<&str>| Reference {
+            group: group.into(),
+            version: version.map(String::from),
+            kind: "M".into(),
+            name: "m".into(),
+            namespace: None,
+        };
+        assert_eq!(
+            parse(json!({"apiVersion": "infra.example.com/v1beta1", "kind": "M", "name": "m"})),
+            Some(want("infra.example.com", Some("v1beta1")))
+        );
+        // Cluster API v1beta2 ContractVersionedObjectReference: no version.
+        assert_eq!(
+            parse(json!({"apiGroup": "infra.example.com", "kind": "M", "name": "m"})),
+            Some(want("infra.example.com", None))
+        );
+        // Gateway API LocalPolicyTargetReference, "" for the core group; sectionName ignored.
+        assert_eq!(
+            parse(json!({"group": "", "kind": "M", "name": "m", "sectionName": "http"})),
+            Some(want("", None))
+        );
+        assert_eq!(
+            parse(json!({"apiVersion": "v1", "kind": "M", "name": "m", "namespace": "a"}))
+                .and_then(|r| r.namespace),
+            Some("a".into())
+        );
+        for bad in [
+            json!({"kind": "M", "name": "m"}),
+            json!({"group": "g", "name": "m"}),
+            json!({"group": "g", "kind": "M", "name": ""}),
+            json!("M/m"),
+        ] {
+            assert_eq!(parse(bad.clone()), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_of_references_gives_one_target_each_and_reports_each_problem() {
+        let client = unreachable_client();
+        let parent = json!({"spec": {"targetRefs": [
+            {"group": "gateway.networking.k8s.io", "kind": "Secret", "name": "a"},
+            {"kind": "HTTPRoute", "name": "no-group"},
+            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "b", "namespace": "other"},
+        ]}});
+        let mut spec = ref_entry(vec![crate::crd::GroupKind {
+            group: "gateway.networking.k8s.io".into(),
+            kind: Some("HTTPRoute".into()),
+        }]);
+        spec.ref_ = Some("$.spec.targetRefs".into());
+        let resolved = resolve(&Reads::Direct(&client), &spec, &parent, "team-a")
+            .await
+            .unwrap();
+        let related = &resolved.related;
+        assert_eq!(related.object, None);
+        assert_eq!(related.targets.len(), 3);
+        assert_eq!(related.targets[1].reference["name"], "no-group");
+        let fields: Vec<&str> = resolved
+            .unresolved
+            .iter()
+            .map(|u| u.field.as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.related[infra] ($.spec.targetRefs[0])",
+                "spec.related[infra] ($.spec.targetRefs[1])",
+                "spec.related[infra] ($.spec.targetRefs[2])",
+            ]
+        );
+        assert!(resolved.unresolved[0].message.contains("allowedKinds"));
+        assert!(
+            resolved.unresolved[1]
+                .message
+                .contains("must hold a reference")
+        );
+        assert!(
+            resolved.unresolved[2]
+                .message
+                .contains("only objects in the parent's namespace")
+        );
+        for (t, u) in related.targets.iter().zip(&resolved.unresolved) {
+            assert_eq!(t.reason.as_ref(), Some(&u.message));
+        }
+        // An unset or empty list is no problem (the plugin is told).
+        for parent in [json!({"spec": {}}), json!({"spec": {"targetRefs": []}})] {
+            let resolved = resolve(&Reads::Direct(&client), &spec, &parent, "team-a")
+                .await
+                .unwrap();
+            assert!(resolved.unresolved.is_empty(), "{parent}");
+            assert!(resolved.related.reason.is_some(), "{parent}");
+        }
+    }
+
+    #[test]
     fn contract_fields_try_their_paths_in_order_and_check_the_type() {
         use crate::crd::{ContractField, ContractType};
         let spec = RelatedSpec {
@@ -521,6 +850,7 @@ mod tests {
             ref_: Some("$.spec.infraRef".into()),
             allowed_kinds: vec![],
             contract: BTreeMap::new(),
+            contract_versions: vec![],
             contract_fields: BTreeMap::from([(
                 "ready".to_string(),
                 ContractField {
@@ -563,6 +893,7 @@ mod tests {
             allowed_kinds: vec![],
             contract: BTreeMap::new(),
             contract_fields: BTreeMap::new(),
+            contract_versions: vec![],
             api_version: None,
             kind: None,
             selector: None,

@@ -36,6 +36,8 @@ pub enum Error {
 /// The related-object watches and reverse index of one running controller.
 pub struct Tracker {
     client: Client,
+    /// The operator's own client: reads CRD labels (contract versions), nothing else.
+    operator: Client,
     namespace: String,
     service_account: String,
     watches: Arc<Watches>,
@@ -76,6 +78,7 @@ impl Tracker {
     #[allow(clippy::too_many_arguments)] // one constructor, called once by the manager
     pub fn new(
         client: Client,
+        operator: Client,
         namespace: String,
         service_account: String,
         watches: Arc<Watches>,
@@ -85,6 +88,7 @@ impl Tracker {
     ) -> Self {
         Tracker {
             client,
+            operator,
             namespace,
             service_account,
             watches,
@@ -98,6 +102,10 @@ impl Tracker {
 
     pub(crate) fn client(&self) -> &Client {
         &self.client
+    }
+
+    pub(crate) fn operator(&self) -> &Client {
+        &self.operator
     }
 
     /// Starts a parent's reconcile: what it referred to before is forgotten (noted again as

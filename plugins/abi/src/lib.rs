@@ -90,6 +90,37 @@ pub struct Related {
     /// Why `object` is null, when it is (e.g. "spec.infrastructureRef is not set").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For a `ref` whose JSONPath yields a list of references (Gateway API `targetRefs`):
+    /// one entry per reference, in the list's order; `object` is then null.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<RelatedTarget>,
+}
+
+/// One reference of a list `ref` entry, resolved.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RelatedTarget {
+    /// The reference as the parent wrote it, e.g. `{group, kind, name, sectionName}`.
+    #[serde(rename = "ref")]
+    pub reference: Value,
+    /// The referenced object; null when it cannot be resolved (see `reason`).
+    #[serde(default)]
+    pub object: Option<Value>,
+    /// Contract fields read from `object`, by contract field name (as on the entry).
+    #[serde(default)]
+    pub contract: BTreeMap<String, Value>,
+    /// Contract field names not present in `object` (or of the wrong type).
+    #[serde(default)]
+    pub missing: Vec<String>,
+    /// For each field in `contract`: the JSONPath its value came from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub matched: BTreeMap<String, String>,
+    /// Contract violations (also a Warning Event on the parent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<String>,
+    /// Why `object` is null, when it is (e.g. "HTTPRoute b does not exist").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What the plugin wants. The whole response is validated before anything is written.

@@ -91,6 +91,10 @@ type Related struct {
 
 	// Why `object` is null, when it is (e.g. "spec.infrastructureRef is not set").
 	Reason *string `json:"reason,omitempty"`
+
+	// For a `ref` whose JSONPath yields a list of references (Gateway API `targetRefs`):
+	// one entry per reference, in the list's order; `object` is then null.
+	Targets []RelatedTarget `json:"targets,omitempty"`
 }
 
 // MarshalJSON writes Related as serde_json writes the Rust type: no HTML escaping,
@@ -101,6 +105,44 @@ func (v Related) MarshalJSON() ([]byte, error) {
 	if p.Objects == nil {
 		p.Objects = []any{}
 	}
+	if p.Contract == nil {
+		p.Contract = map[string]any{}
+	}
+	if p.Missing == nil {
+		p.Missing = []string{}
+	}
+	return Marshal(p)
+}
+
+// RelatedTarget: One reference of a list `ref` entry, resolved.
+type RelatedTarget struct {
+	// The reference as the parent wrote it, e.g. `{group, kind, name, sectionName}`.
+	Ref any `json:"ref"`
+
+	// The referenced object; null when it cannot be resolved (see `reason`).
+	Object any `json:"object"`
+
+	// Contract fields read from `object`, by contract field name (as on the entry).
+	Contract map[string]any `json:"contract"`
+
+	// Contract field names not present in `object` (or of the wrong type).
+	Missing []string `json:"missing"`
+
+	// For each field in `contract`: the JSONPath its value came from.
+	Matched map[string]string `json:"matched,omitempty"`
+
+	// Contract violations (also a Warning Event on the parent).
+	Violations []string `json:"violations,omitempty"`
+
+	// Why `object` is null, when it is (e.g. "HTTPRoute b does not exist").
+	Reason *string `json:"reason,omitempty"`
+}
+
+// MarshalJSON writes RelatedTarget as serde_json writes the Rust type: no HTML escaping,
+// and always-present maps and lists as {} and [] even when nil.
+func (v RelatedTarget) MarshalJSON() ([]byte, error) {
+	type plain RelatedTarget
+	p := plain(v)
 	if p.Contract == nil {
 		p.Contract = map[string]any{}
 	}

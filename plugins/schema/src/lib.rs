@@ -231,7 +231,9 @@ mod tests {
     fn rust_skips_exactly_the_fields_the_model_calls_omitted_when_empty() {
         // The model infers presence from the schema; serde is the truth. Serialise empty values
         // and compare which keys appear.
-        use wasmop_abi::{ControllerInfo, ReconcileRequest, ReconcileResponse, Related};
+        use wasmop_abi::{
+            ControllerInfo, ReconcileRequest, ReconcileResponse, Related, RelatedTarget,
+        };
         let abi =
             model::Abi::from_schema(&wasmop_abi::schema(), &order::declared_fields()).unwrap();
         let empties = [
@@ -244,6 +246,10 @@ mod tests {
                 serde_json::to_value(ControllerInfo::default()),
             ),
             ("Related", serde_json::to_value(Related::default())),
+            (
+                "RelatedTarget",
+                serde_json::to_value(RelatedTarget::default()),
+            ),
             (
                 "ReconcileResponse",
                 serde_json::to_value(ReconcileResponse::default()),

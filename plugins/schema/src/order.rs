@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeOwned, Visitor};
-use wasmop_abi::{ControllerInfo, Event, ReconcileRequest, ReconcileResponse, Related};
+use wasmop_abi::{
+    ControllerInfo, Event, ReconcileRequest, ReconcileResponse, Related, RelatedTarget,
+};
 
 /// Every struct in the ABI, by its schema name, with its JSON field names in declaration order.
 ///
@@ -23,6 +25,7 @@ pub fn declared_fields() -> BTreeMap<String, Vec<String>> {
         fields_of::<ReconcileRequest>(),
         fields_of::<ControllerInfo>(),
         fields_of::<Related>(),
+        fields_of::<RelatedTarget>(),
         fields_of::<ReconcileResponse>(),
         fields_of::<Event>(),
     ]
