@@ -47,9 +47,27 @@ fn code(path: &Path) -> String {
 
 /// The module paths named after `crate::` in `code`, grouped imports expanded one level.
 fn crate_paths(code: &str) -> Vec<String> {
+    paths_after(code, "crate::", "")
+}
+
+/// The module paths named after `super::` in the code of module `module`, as crate paths.
+fn super_paths(code: &str, module: &str) -> Vec<String> {
+    let parent = module.rsplit_once("::").map_or("", |(p, _)| p);
+    let prefix = if parent.is_empty() {
+        String::new()
+    } else {
+        format!("{parent}::")
+    };
+    paths_after(code, "super::", &prefix)
+}
+
+fn paths_after(code: &str, marker: &str, prefix: &str) -> Vec<String> {
     let mut paths = Vec::new();
-    for (i, _) in code.match_indices("crate::") {
-        let rest = &code[i + "crate::".len()..];
+    for (i, _) in code.match_indices(marker) {
+        if code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue; // `crate::x::super::` does not occur; `abc_super::` is not ours
+        }
+        let rest = &code[i + marker.len()..];
         let end = rest
             .find(|c: char| !(c.is_ascii_lowercase() || c == '_' || c == ':'))
             .unwrap_or(rest.len());
@@ -59,11 +77,11 @@ fn crate_paths(code: &str) -> Vec<String> {
             for item in inner.split(',') {
                 let item = item.split_whitespace().next().unwrap_or("");
                 if !item.is_empty() && item != "self" {
-                    paths.push(format!("{base}::{item}"));
+                    paths.push(format!("{prefix}{base}::{item}"));
                 }
             }
         }
-        paths.push(base);
+        paths.push(format!("{prefix}{base}"));
     }
     paths
 }
@@ -84,7 +102,10 @@ fn imports(modules: &BTreeMap<String, PathBuf>) -> BTreeMap<String, BTreeSet<Str
     modules
         .iter()
         .map(|(name, path)| {
-            let to = crate_paths(&code(path))
+            let code = code(path);
+            let mut named = crate_paths(&code);
+            named.extend(super_paths(&code, name));
+            let to = named
                 .iter()
                 .filter_map(|p| resolve(p))
                 .filter(|t| t != name)
@@ -174,6 +195,17 @@ fn the_circle_check_finds_a_circle() {
     .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
     .collect();
     assert_eq!(circles(&edges), vec![vec!["a", "b", "c"]]);
+    assert_eq!(
+        super_paths(
+            "use super::report::{Error, Report};",
+            "cli::explain::gather"
+        ),
+        vec![
+            "cli::explain::report::Error",
+            "cli::explain::report::Report",
+            "cli::explain::report"
+        ]
+    );
     assert_eq!(
         crate_paths("use crate::reconcile::{context, plan::Identity};"),
         vec![
