@@ -21,6 +21,9 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// The full name of every metric registered (`wasmop_reconciles_total`, ...): what the
+    /// docs may name (a test checks docs/operations.md against it).
+    pub names: Vec<String>,
     /// Reconciles by controller (`namespace/name`) and result (`success` or an error label).
     pub reconciles: IntCounterVec,
     pub reconcile_seconds: HistogramVec,
@@ -73,10 +76,13 @@ pub const RECONCILE_BUCKETS: [f64; 15] = [
 ];
 
 /// Creates metrics and registers each once in its registry.
-struct Registrar<'a>(&'a Registry);
+struct Registrar<'a>(&'a Registry, std::cell::RefCell<Vec<String>>);
 
 impl Registrar<'_> {
     fn register<M: prometheus::core::Collector + Clone + 'static>(&self, m: M) -> M {
+        self.1
+            .borrow_mut()
+            .extend(m.desc().iter().map(|d| format!("wasmop_{}", d.fq_name)));
         self.0
             .register(Box::new(m.clone()))
             .expect("registered once");
@@ -111,7 +117,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("wasmop".into()), None).expect("valid prefix");
-        let r = Registrar(&registry);
+        let r = Registrar(&registry, Default::default());
         let (by, hist) = (
             |n, h, l| r.counters(n, h, l),
             |n, h, b| r.histograms(n, h, b),
@@ -206,6 +212,7 @@ impl Metrics {
                 "leader",
                 "1 while this replica holds the leader Lease or runs without leader election",
             ),
+            names: r.1.take(),
             registry,
         }
     }
