@@ -169,7 +169,8 @@ pub struct View {
     pub synced: bool,
     /// Every shard Lease of the ring, by name.
     pub states: BTreeMap<String, State>,
-    /// The ready shards, and this replica while it holds its Lease.
+    /// The ready shards and this replica (decisions are only made while it holds its Lease,
+    /// so it is on its own ring whatever the Lease watch has shown so far).
     pub ring: Ring,
 }
 
@@ -475,12 +476,11 @@ impl Watcher {
 
     fn view(&self, synced: bool, states: BTreeMap<String, State>) -> View {
         let me = &self.settings.name;
-        let holding = self.tenure.current() != 0;
         let ready = states
             .iter()
             .filter(|(name, state)| **state == State::Ready && *name != me)
             .map(|(name, _)| name.clone());
-        let ring = Ring::new(ready.chain(holding.then(|| me.clone())));
+        let ring = Ring::new(ready.chain([me.clone()]));
         for s in State::ALL {
             let n = states.values().filter(|v| **v == s).count();
             self.metrics
