@@ -484,6 +484,12 @@ mod tests {
             &m.cached_objects,
             &m.watch_errors,
             &m.reconciles_throttled,
+            &m.shard.controllers,
+            &m.shard.moves,
+            &m.shard.drain_seconds,
+            &m.shard.unassigned_seconds,
+            &m.shard.lease_duration_seconds,
+            &m.shard.states,
         ];
         collectors
             .iter()
