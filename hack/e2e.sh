@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs the end-to-end test binaries (tests/tests/*.rs) in parallel: each starts its own local
 # control plane and wasmop, so they are independent. E2E_JOBS (default 4) bounds how many run
-# at once; E2E_ALONE (default "recovery leader_election": outages, restarts, a fault soak and
-# Lease handovers, whose timings should not depend on what else the two cores are doing) run
+# at once; E2E_ALONE (default "recovery leader_election sharding sharding_chaos": outages,
+# restarts, a fault soak, Lease handovers and shard moves, whose timings should not depend on
+# what else the two cores are doing) run
 # afterwards, one at a time. Extra arguments go to every test binary (e.g. a test name filter).
 # Prints each binary's output as it finishes, then one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${E2E_JOBS:-4}
-alone=" ${E2E_ALONE-recovery leader_election} "
+alone=" ${E2E_ALONE-recovery leader_election sharding sharding_chaos} "
 logs=$(mktemp -d "${TMPDIR:-/tmp}/wasmop-e2e-logs.XXXXXX")
 trap 'rm -rf "$logs"' EXIT
 

@@ -49,8 +49,18 @@ HEADER
 	template --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml
 }
 
+render_rbac_sharding() {
+	cat <<'HEADER'
+# What the operator's account needs on top of samples/operator/rbac.yaml with sharding on
+# (--shard, the chart's sharding.enabled): its shard Leases. Rendered by hack/render-deploy.sh
+# from deploy/chart/wasmop/templates/rbac-sharding.yaml (do not edit here, run `make deploy`);
+# tests/tests/sharding.rs applies both.
+HEADER
+	template --show-only templates/rbac-sharding.yaml --set sharding.enabled=true --set replicaCount=3
+}
+
 status=0
-for pair in "deploy/manifests/wasmop.yaml render_manifests" "samples/operator/rbac.yaml render_rbac"; do
+for pair in "deploy/manifests/wasmop.yaml render_manifests" "samples/operator/rbac.yaml render_rbac" "samples/operator/rbac-sharding.yaml render_rbac_sharding"; do
 	file=${pair% *}
 	fn=${pair#* }
 	new=$(mktemp)

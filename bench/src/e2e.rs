@@ -256,7 +256,7 @@ impl Bench {
 }
 
 /// Removes a directory when dropped.
-pub struct RemoveOnDrop(Option<PathBuf>);
+pub struct RemoveOnDrop(pub Option<PathBuf>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

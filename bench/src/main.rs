@@ -5,6 +5,8 @@
 //! - [`load`]: plugin load with and without the compiled cache.
 //! - [`e2e`]: wasmop against a native kube-runtime controller on the real control plane.
 //! - [`scale`]: memory and watches with 1, 10, 100 WasmControllers.
+//! - [`scaleout`]: the same 60 WasmControllers on 1, 2, 3 `--shard` replicas: memory and
+//!   watches per replica, convergence, the rebalance when one more joins.
 //!
 //! Figures are printed and written, never asserted: nothing here fails because a number is
 //! slow. The smoke mode runs every phase with tiny sizes so the code cannot rot.
@@ -16,6 +18,7 @@ mod hook;
 mod load;
 mod report;
 mod scale;
+mod scaleout;
 mod stats;
 
 use std::path::PathBuf;
@@ -41,7 +44,7 @@ enum Command {
         /// in an existing file is kept).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Only these phases (calls, load, e2e, scale); default all.
+        /// Only these phases (calls, load, e2e, scale, scaleout); default all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Calls per variant and run.
@@ -60,6 +63,15 @@ enum Command {
         /// WasmController counts of the scale benchmark.
         #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
         controllers: Vec<usize>,
+        /// WasmControllers (each its own plugin) of the scale-out benchmark.
+        #[arg(long, default_value_t = 60)]
+        shard_controllers: usize,
+        /// Parents per WasmController in the scale-out benchmark.
+        #[arg(long, default_value_t = 2)]
+        shard_parents: usize,
+        /// Up to this many replicas in the scale-out benchmark (1, 2, … of them).
+        #[arg(long, default_value_t = 3)]
+        shard_replicas: usize,
         /// Seconds the release build took (hack/bench.sh measures it), for the report.
         #[arg(long)]
         build_seconds: Option<f64>,
@@ -116,12 +128,20 @@ async fn main() -> Result<()> {
             parents,
             resync_seconds,
             controllers,
+            shard_controllers,
+            shard_parents,
+            shard_replicas,
             build_seconds,
         } => {
             let (iterations, runs, parents, resync, controllers) = if smoke {
                 (200, 1, 10, 10, vec![1])
             } else {
                 (iterations, runs, parents, resync_seconds, controllers)
+            };
+            let shards = if smoke {
+                (3, 1, 2)
+            } else {
+                (shard_controllers, shard_parents, shard_replicas)
             };
             // The smoke run measures the Rust plugin only: the others take the same code path
             // and only add compile time.
@@ -153,7 +173,7 @@ async fn main() -> Result<()> {
                 phase("plugin loads", t);
                 let _ = std::fs::remove_dir_all(&cache);
             }
-            if want("e2e") || want("scale") {
+            if want("e2e") || want("scale") || want("scaleout") {
                 let t = Instant::now();
                 let bench = e2e::Bench::start(native_bin()?).await?;
                 phase("control plane start", t);
@@ -167,6 +187,12 @@ async fn main() -> Result<()> {
                     let t = Instant::now();
                     r.scale = Some(scale::run(&bench, &controllers).await?);
                     phase("memory and scale", t);
+                }
+                if want("scaleout") {
+                    let t = Instant::now();
+                    let (k, p, n) = shards;
+                    r.scaleout = Some(scaleout::run(&bench, k, p, n).await?);
+                    phase("scale-out", t);
                 }
             }
             r.finish(started.elapsed());

@@ -10,6 +10,7 @@ use crate::calls::{CallReport, Figure};
 use crate::e2e::{E2eReport, Requests, SystemRuns};
 use crate::load::PluginLoad;
 use crate::scale::{ScaleReport, Step};
+use crate::scaleout::ScaleOutReport;
 use crate::stats::Runs;
 
 const HAND_WRITTEN: &str = "<!-- hand-written -->";
@@ -26,6 +27,7 @@ pub struct Report {
     pub load: Option<Vec<PluginLoad>>,
     pub e2e: Option<E2eReport>,
     pub scale: Option<ScaleReport>,
+    pub scaleout: Option<ScaleOutReport>,
 }
 
 fn sh(cmd: &str) -> String {
@@ -56,6 +58,7 @@ impl Report {
             load: None,
             e2e: None,
             scale: None,
+            scaleout: None,
         }
     }
 
@@ -122,6 +125,9 @@ impl Report {
         }
         if let Some(sc) = &self.scale {
             scale_md(&mut s, sc);
+        }
+        if let Some(so) = &self.scaleout {
+            scaleout_md(&mut s, so);
         }
         self.targets_md(&mut s);
         s
@@ -633,6 +639,50 @@ fn scale_md(s: &mut String, sc: &ScaleReport) {
             "The operator restarted with the {k} distinct plugins (each now a cache hit, so no \
              compiler heap is left over): {rss:.1} MiB, {per:.2} MiB per additional \
              WasmController."
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn scaleout_md(s: &mut String, so: &ScaleOutReport) {
+    let _ = writeln!(
+        s,
+        "## Scale-out (`--shard`)\n\nThe same {} WasmControllers, each in its own namespace with \
+         its own plugin (a compile each) and {} parents in all, run by N replicas of `wasmop run \
+         --shard` (fresh processes and plugin caches for each N, started before the \
+         WasmControllers are created). *Converge*: from creating the WasmControllers (and \
+         changing every parent's content) to every parent showing it. *Per replica*: RSS, \
+         WasmControllers run, watches held (`wasmop_watches`: parent and child kinds; one \
+         plugin ConfigMap watch per WasmController; its WasmController and shard Lease \
+         watches). *Rebalance*: one more replica joins; from its start to every \
+         WasmController running where the ring puts it (handovers, plugin compiles on the new \
+         replica included). All replicas, the API server and etcd share this machine's cores: \
+         throughput is the API server's and the CPU's, not the replicas'; what scale-out buys \
+         here is memory per replica.\n\n\
+         | replicas | RSS per replica MiB | mean | × one replica | WasmControllers per replica | watches per replica | converge s | one more joins: moved | rebalance s |\n\
+         |---|---|---|---|---|---|---|---|---|",
+        so.controllers, so.parents
+    );
+    let mean = |c: &crate::scaleout::Count| {
+        c.replicas.iter().map(|r| r.rss_mib).sum::<f64>() / c.replicas.len().max(1) as f64
+    };
+    let one = so.counts.first().map(mean).unwrap_or(f64::NAN);
+    let list = |f: &dyn Fn(&crate::scaleout::Replica) -> String, c: &crate::scaleout::Count| {
+        c.replicas.iter().map(f).collect::<Vec<_>>().join(", ")
+    };
+    for c in &so.counts {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.2} | {} | {} | {:.1} | {} | {:.1} |",
+            c.replicas.len(),
+            list(&|r| format!("{:.0}", r.rss_mib), c),
+            mean(c),
+            mean(c) / one,
+            list(&|r| r.controllers.to_string(), c),
+            list(&|r| format!("{:.0}", r.watches), c),
+            c.converge_s,
+            c.moved,
+            c.rebalance_s,
         );
     }
     let _ = writeln!(s);

@@ -42,6 +42,7 @@ pub const DEFAULT_CONCURRENCY: u16 = 4;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Parent","type":"string","jsonPath":".spec.parent.kind"}"#,
+    printcolumn = r#"{"name":"Shard","type":"string","jsonPath":".status.shard.name"}"#,
     printcolumn = r#"{"name":"Plugin","type":"string","jsonPath":".status.plugin.sha256","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -350,6 +351,22 @@ pub struct WasmControllerStatus {
     /// dependencies between controllers, in the API (`wasmop graph` draws them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dependencies: Option<Dependencies>,
+    /// With `wasmop run --shard`: the replica this WasmController is assigned to. Written by
+    /// the operator only (the status subresource), so an author cannot pick a replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardStatus>,
+}
+
+/// Which replica runs a WasmController (`--shard`).
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardStatus {
+    /// The shard (replica, and its Lease) the WasmController is assigned to.
+    pub name: String,
+    /// When that shard took it and started its controller; absent while a handover waits for
+    /// the new shard to take it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime>,
 }
 
 /// A controller's dependencies on kinds. Kinds are written `Kind.group` (`Kind` for the

@@ -12,7 +12,8 @@
 //!   related objects, finalizers and field conflicts.
 //! - [`plugin`]: the Extism host (the only module naming extism/wasmtime) and where plugin
 //!   bytes come from (ConfigMap, JavaScript, URL, OCI, file).
-//! - [`cluster`]: watches, impersonated access, RBAC rules, discovery, API errors, the Lease.
+//! - [`cluster`]: watches, impersonated access, RBAC rules, discovery, API errors, the Leases
+//!   (leader election, shards and their ring).
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`crd`]: the WasmController type and its CRD.
 //! - [`cli`]: `wasmop eval`, `explain`, `graph`, `init`.
@@ -83,6 +84,8 @@ pub struct RunOptions {
     pub plugin_budget: plugin::Budget,
     /// Leader election (None: this process always leads).
     pub leader_election: Option<LeaderElection>,
+    /// Sharding (None: this process runs every WasmController, or none as a standby).
+    pub sharding: Option<Sharding>,
 }
 
 /// `--leader-elect` and its settings; the namespace defaults to the client's (in a Pod: its own).
@@ -96,39 +99,45 @@ pub struct LeaderElection {
     pub retry_period: std::time::Duration,
 }
 
+/// `--shard` and its settings; the namespace defaults to the client's (in a Pod: its own).
+#[derive(Clone, Debug)]
+pub struct Sharding {
+    /// This replica's shard name (its Lease's name and holder identity).
+    pub name: String,
+    /// The ring's name (the shard Leases' `wasmop.dev/ring` label).
+    pub ring: String,
+    pub namespace: Option<String>,
+    pub lease_duration: std::time::Duration,
+    pub renew_deadline: std::time::Duration,
+    pub retry_period: std::time::Duration,
+}
+
 /// Runs the operator until `shutdown` resolves. With leader election, it waits as a standby
 /// (serving `/metrics`, `/healthz` and `/readyz`, writing nothing) until it holds the Lease.
+/// With sharding, it holds a shard Lease of its own and runs the WasmControllers assigned to
+/// it (`manager/assign.rs`).
 ///
 /// # Errors
 /// No usable kubeconfig / in-cluster config, the metrics address cannot be bound, the plugin
-/// cache directory cannot be created, leader election settings that allow two leaders, or the
+/// cache directory cannot be created, Lease settings that allow two writers, or the leader
 /// Lease was lost (the process must then exit: it may no longer write).
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     install_crypto();
-    let config = client_config(opts.kubeconfig.as_deref()).await?;
+    let mut config = client_config(opts.kubeconfig.as_deref()).await?;
+    // Who wrote what, in the API server's audit log: the version and, with --shard, the shard.
+    let agent = match &opts.sharding {
+        Some(s) => format!("wasmop/{} shard/{}", env!("CARGO_PKG_VERSION"), s.name),
+        None => format!("wasmop/{}", env!("CARGO_PKG_VERSION")),
+    };
+    config.headers.push((
+        hyper::header::USER_AGENT,
+        hyper::header::HeaderValue::from_str(&agent)?,
+    ));
     let client = kube::Client::try_from(config.clone())?;
     let version = client.apiserver_version().await?;
     tracing::info!(server = %version.git_version, "connected to the API server");
-    let mut elector = opts
-        .leader_election
-        .map(|le| {
-            let settings = cluster::leader::Settings {
-                namespace: le
-                    .namespace
-                    .unwrap_or_else(|| config.default_namespace.clone()),
-                lease_name: le.lease_name,
-                identity: le.identity,
-                lease_duration: le.lease_duration,
-                renew_deadline: le.renew_deadline,
-                retry_period: le.retry_period,
-            };
-            settings.validate()?;
-            Ok::<_, cluster::leader::SettingsError>(cluster::leader::Elector::new(
-                client.clone(),
-                settings,
-            ))
-        })
-        .transpose()?;
+    let mut elector = leader_elector(opts.leader_election.clone(), &config, &client)?;
+    let sharding = shard_settings(opts.sharding.clone(), &config)?;
     let metrics = metrics::Metrics::new();
     let host = plugin::Host::with_budget(opts.cache_dir.clone(), opts.plugin_budget)?;
     let readiness = metrics::Readiness::default();
@@ -150,8 +159,21 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
             () = &mut shutdown => return Ok(()),
         }
     }
-    readiness.leader();
-    metrics.leader.set(1);
+    let membership = sharding.map(|settings| {
+        tracing::info!(shard = %settings.name, ring = %settings.ring, namespace = %settings.namespace, "sharding: holding a shard Lease of its own");
+        metrics
+            .shard
+            .lease_duration_seconds
+            .set(settings.lease_duration.as_secs_f64());
+        let membership =
+            cluster::shard::Membership::start(client.clone(), settings, metrics.clone());
+        readiness.shard(membership.tenures());
+        membership
+    });
+    if membership.is_none() {
+        readiness.leader();
+        metrics.leader.set(1);
+    }
     let ctx = Arc::new(manager::Context {
         watches: Arc::new(cluster::watches::Watches::new(metrics.clone())),
         host,
@@ -165,9 +187,14 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
         metrics,
         response_limits: opts.response_limits,
         board: Arc::new(reconcile::conflicts::Board::default()),
+        shard: membership.clone(),
     });
     let Some(elector) = &mut elector else {
         manager::run(ctx, readiness.synced, shutdown).await;
+        if let Some(membership) = membership {
+            // Every controller has stopped: the others take its WasmControllers at once.
+            membership.release().await;
+        }
         return Ok(());
     };
     tokio::select! {
@@ -181,6 +208,56 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow
         tracing::warn!(%error, "could not release the leader Lease; a standby takes over when it expires");
     }
     Ok(())
+}
+
+/// The leader elector of `--leader-elect`.
+fn leader_elector(
+    le: Option<LeaderElection>,
+    config: &kube::Config,
+    client: &kube::Client,
+) -> Result<Option<cluster::leader::Elector>, cluster::leader::SettingsError> {
+    let Some(le) = le else {
+        return Ok(None);
+    };
+    let settings = cluster::leader::Settings {
+        namespace: le
+            .namespace
+            .unwrap_or_else(|| config.default_namespace.clone()),
+        lease_name: le.lease_name,
+        identity: le.identity,
+        lease_duration: le.lease_duration,
+        renew_deadline: le.renew_deadline,
+        retry_period: le.retry_period,
+        labels: Default::default(),
+        process: None,
+    };
+    settings.validate()?;
+    Ok(Some(cluster::leader::Elector::new(
+        client.clone(),
+        settings,
+    )))
+}
+
+/// The shard settings of `--shard`.
+fn shard_settings(
+    sharding: Option<Sharding>,
+    config: &kube::Config,
+) -> Result<Option<cluster::shard::Settings>, cluster::shard::SettingsError> {
+    let Some(s) = sharding else {
+        return Ok(None);
+    };
+    let settings = cluster::shard::Settings {
+        name: s.name,
+        ring: s.ring,
+        namespace: s
+            .namespace
+            .unwrap_or_else(|| config.default_namespace.clone()),
+        lease_duration: s.lease_duration,
+        renew_deadline: s.renew_deadline,
+        retry_period: s.retry_period,
+    };
+    settings.validate()?;
+    Ok(Some(settings))
 }
 
 /// Gauges read from the plugin host at each scrape.

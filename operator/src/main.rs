@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator against the cluster named by KUBECONFIG (or in-cluster config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print what installs wasmop's API (YAML, as committed in crds/): the WasmController CRD
     /// and the admission policy that lets only those who may impersonate a ServiceAccount
     /// name it in spec.serviceAccountName.
@@ -127,6 +127,8 @@ struct RunArgs {
     plugin_budget: PluginBudgetArgs,
     #[command(flatten)]
     leader_election: LeaderElectionArgs,
+    #[command(flatten)]
+    sharding: ShardArgs,
 }
 
 /// `wasmop run`.
@@ -145,6 +147,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         response_limits,
         plugin_budget,
         leader_election,
+        sharding,
     } = args;
     init_logging(&log_format);
     let mut keys = Vec::new();
@@ -170,6 +173,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         remote,
         response_limits: response_limits.into(),
         plugin_budget: plugin_budget.into(),
+        sharding: sharding.into_options(&leader_election),
         leader_election: leader_election.into(),
     };
     wasmop::run(opts, shutdown_signal()).await
@@ -475,10 +479,12 @@ struct LeaderElectionArgs {
     /// Name of the Lease.
     #[arg(long, env = "WASMOP_LEADER_ELECT_LEASE_NAME", default_value = "wasmop")]
     leader_elect_lease_name: String,
-    /// Namespace of the Lease (default: the kubeconfig context's; in a Pod, its own).
+    /// Namespace of the Lease, and of the shard Leases with --shard (default: the kubeconfig
+    /// context's; in a Pod, its own).
     #[arg(long, env = "WASMOP_LEADER_ELECT_NAMESPACE")]
     leader_elect_namespace: Option<String>,
-    /// How long a standby waits after the Lease last changed before taking it.
+    /// How long a standby waits after the Lease last changed before taking it (with --shard:
+    /// before a shard whose Lease has not changed is taken over).
     #[arg(long, env = "WASMOP_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = duration)]
     leader_elect_lease_duration: Duration,
     /// How long the leader tries to renew before giving up (and exiting); shorter than the
@@ -488,6 +494,39 @@ struct LeaderElectionArgs {
     /// How often the leader renews and a standby tries to take the Lease.
     #[arg(long, env = "WASMOP_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = duration)]
     leader_elect_retry_period: Duration,
+}
+
+/// Sharding between replicas (see `wasmop::cluster::shard`); the Lease durations and namespace
+/// are the `--leader-elect-*` ones.
+#[derive(clap::Args, Debug)]
+struct ShardArgs {
+    /// Share the WasmControllers between replicas: each holds a shard Lease of its own and runs
+    /// the WasmControllers a consistent-hash ring assigns to it (instead of --leader-elect).
+    #[arg(long, env = "WASMOP_SHARD", conflicts_with = "leader_elect")]
+    shard: bool,
+    /// This replica's shard name: its Lease's name and holder identity (default: POD_NAME,
+    /// else the host name).
+    #[arg(long, env = "WASMOP_SHARD_NAME")]
+    shard_name: Option<String>,
+    /// The ring's name, the shard Leases' `wasmop.dev/ring` label (installations that share a
+    /// namespace need different ones).
+    #[arg(long, env = "WASMOP_SHARD_RING", default_value = "wasmop")]
+    shard_ring: String,
+}
+
+impl ShardArgs {
+    fn into_options(self, le: &LeaderElectionArgs) -> Option<wasmop::Sharding> {
+        self.shard.then(|| wasmop::Sharding {
+            name: self
+                .shard_name
+                .unwrap_or_else(wasmop::cluster::leader::host_name),
+            ring: self.shard_ring,
+            namespace: le.leader_elect_namespace.clone(),
+            lease_duration: le.leader_elect_lease_duration,
+            renew_deadline: le.leader_elect_renew_deadline,
+            retry_period: le.leader_elect_retry_period,
+        })
+    }
 }
 
 impl From<LeaderElectionArgs> for Option<wasmop::LeaderElection> {
@@ -511,7 +550,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Oci {
             command:
                 OciCommand::Push {

@@ -6,6 +6,12 @@
 //! Each WasmController gets its own task (a "slot"), so a slow plugin compile for one team
 //! never delays another's. A slot reports what it sees on the WasmController's status:
 //! `Ready` (plugin loaded, controller running) and `Degraded` (some parents failing).
+//!
+//! With `--shard`, every replica keeps a slot per WasmController, and a slot runs its
+//! controller only while the WasmController is assigned to this replica (`assign.rs`); the
+//! others write nothing for it.
+
+mod assign;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -29,6 +35,7 @@ use wasmop_abi::{FINALIZE_EXPORT, RECONCILE_EXPORT};
 
 use crate::cluster::access::{self, Access};
 use crate::cluster::api_error::readable;
+use crate::cluster::shard::{Fence, Membership};
 use crate::cluster::watches::{self, Watches};
 use crate::crd::{
     Dependencies, KindRef, PatchDependency, PluginSource, PluginStatus, WasmController,
@@ -150,6 +157,8 @@ pub struct Context {
     pub response_limits: crate::reconcile::plan::ResponseLimits,
     /// Which controller contests which other's fields (reported on both).
     pub board: Arc<crate::reconcile::conflicts::Board>,
+    /// `--shard`: this replica's shard Lease and its view of the others'.
+    pub shard: Option<Arc<Membership>>,
 }
 
 type Key = (String, String);
@@ -159,6 +168,8 @@ enum Signal {
     Sync,
     /// Only the set of failing parents changed: refresh conditions.
     Health,
+    /// `--shard`: the shards or this replica's tenure changed: decide who runs it again.
+    Assign,
     /// The operator is shutting down.
     Stop,
 }
@@ -174,10 +185,22 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: impl Futur
     );
     let mut slots: HashMap<Key, (mpsc::UnboundedSender<Signal>, JoinHandle<()>)> = HashMap::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut shards = ctx.shard.as_deref().map(ShardChanges::new);
     loop {
         let event = tokio::select! {
             event = events.next() => event,
             () = &mut shutdown => break,
+            changed = next_shard_change(shards.as_mut()) => {
+                if changed {
+                    for (tx, _) in slots.values() {
+                        let _ = tx.send(Signal::Assign);
+                    }
+                }
+                if let (Some(changes), Some(shard)) = (shards.as_mut(), ctx.shard.as_deref()) {
+                    changes.tally(&store, shard, &ctx.metrics);
+                }
+                continue;
+            }
         };
         let keys: Vec<Key> = match event {
             Some(Ok(watcher::Event::Apply(wc) | watcher::Event::Delete(wc))) => {
@@ -238,6 +261,88 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: impl Futur
     futures::future::join_all(stopping).await;
 }
 
+/// `--shard`: what makes every slot decide again (the view of the shards, this replica's
+/// tenure), and the bookkeeping of assignments across all WasmControllers.
+struct ShardChanges {
+    view: tokio::sync::watch::Receiver<Arc<crate::cluster::shard::View>>,
+    tenures: tokio::sync::watch::Receiver<u64>,
+    tick: tokio::time::Interval,
+    /// WasmControllers no ready shard runs, since when (by this replica's clock).
+    unassigned: HashMap<Key, std::time::Instant>,
+}
+
+impl ShardChanges {
+    fn new(shard: &Membership) -> Self {
+        let period = shard.settings().retry_period;
+        ShardChanges {
+            view: shard.view(),
+            tenures: shard.tenures(),
+            tick: tokio::time::interval(period),
+            unassigned: HashMap::new(),
+        }
+    }
+
+    /// Metrics of the assignment, and the shards WasmControllers name (their Leases stay).
+    fn tally(&mut self, store: &Store<WasmController>, shard: &Membership, metrics: &Metrics) {
+        use crate::cluster::shard::State;
+        let view = shard.view().borrow().clone();
+        if !view.synced {
+            return;
+        }
+        let (me, holding) = (shard.me(), shard.tenure().current() != 0);
+        let now = std::time::Instant::now();
+        let (mut named, mut mine) = (std::collections::BTreeSet::new(), 0);
+        let mut listed = std::collections::HashSet::new();
+        for wc in store.state() {
+            let key = (wc.namespace().unwrap_or_default(), wc.name_any());
+            let assigned = wc.status.as_ref().and_then(|s| s.shard.as_ref());
+            let running = assigned.is_some_and(|a| {
+                a.since.is_some()
+                    && if a.name == me {
+                        holding
+                    } else {
+                        matches!(view.state(&a.name), Some(State::Ready | State::Expired))
+                    }
+            });
+            if let Some(a) = assigned {
+                mine += usize::from(a.name == me);
+                named.insert(a.name.clone());
+            }
+            if running {
+                self.unassigned.remove(&key);
+            } else {
+                self.unassigned.entry(key.clone()).or_insert(now);
+            }
+            listed.insert(key);
+        }
+        self.unassigned.retain(|k, _| listed.contains(k));
+        let longest = self.unassigned.values().map(|t| now - *t).max();
+        metrics
+            .shard
+            .unassigned_seconds
+            .set(longest.unwrap_or_default().as_secs_f64());
+        metrics
+            .shard
+            .controllers
+            .with_label_values(&[me])
+            .set(i64::try_from(mine).unwrap_or(i64::MAX));
+        shard.note_named(named);
+    }
+}
+
+/// Waits for the next change of the shards or tenure (true), or the next tally (false);
+/// forever without `--shard`.
+async fn next_shard_change(changes: Option<&mut ShardChanges>) -> bool {
+    let Some(c) = changes else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        Ok(()) = c.view.changed() => true,
+        Ok(()) = c.tenures.changed() => true,
+        _ = c.tick.tick() => false,
+    }
+}
+
 /// A running controller and what it was started from.
 struct Running {
     fingerprint: u64,
@@ -268,6 +373,8 @@ struct Slot {
     )>,
     /// A pending re-check of the `Throttled` condition.
     recheck: Option<tokio::task::AbortHandle>,
+    /// Whether this replica may write for the WasmController (`--shard`; always, without).
+    fence: Fence,
 }
 
 /// Runs one WasmController's slot until it is deleted (and has released its parents) or the
@@ -292,6 +399,10 @@ async fn slot(
             }
         })
     };
+    let fence = ctx
+        .shard
+        .as_ref()
+        .map_or_else(Fence::open, |shard| Fence::new(shard.tenure()));
     let mut slot = Slot {
         ctx,
         ns,
@@ -304,6 +415,7 @@ async fn slot(
         load_error: None,
         retry: None,
         recheck: None,
+        fence,
     };
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -313,53 +425,77 @@ async fn slot(
         if batch.iter().any(|s| matches!(s, Signal::Stop)) {
             break;
         }
-        let sync = batch.iter().any(|s| matches!(s, Signal::Sync));
-        let Some(wc) = store.get(&ObjectRef::new(&slot.name).within(&slot.ns)) else {
+        let mut sync = batch.iter().any(|s| matches!(s, Signal::Sync));
+        let Some(mut wc) = store.get(&ObjectRef::new(&slot.name).within(&slot.ns)) else {
             tracing::info!(parent: &slot.span, "WasmController deleted: stopping its controller");
             break;
         };
+        if let Some(shard) = slot.ctx.shard.clone() {
+            let Some((assigned, taken)) = slot.assign(&shard, wc).await else {
+                continue; // not this replica's to run
+            };
+            (wc, sync) = (assigned, sync || taken);
+        }
         if wc.metadata.deletion_timestamp.is_some() {
             if slot.deleting(&wc).await {
                 break;
             }
             continue;
         }
+        slot.handle(&wc, sync).await;
+    }
+    health_forward.abort();
+    slot.shutdown().await;
+}
+
+impl Slot {
+    /// One round of a WasmController this replica runs: sync what runs with it when asked,
+    /// then report on its status.
+    async fn handle(&mut self, wc: &WasmController, sync: bool) {
         if sync {
-            slot.sync(&wc).await;
+            self.sync(wc).await;
         }
-        if let Err(error) = write_status(
-            &slot.ctx,
-            &wc,
-            slot.running.as_ref(),
-            slot.load_error.as_ref(),
+        let status = write_status(
+            &self.ctx,
+            wc,
+            self.running.as_ref(),
+            self.load_error.as_ref(),
+            &self.fence,
         )
-        .await
-        {
-            tracing::warn!(parent: &slot.span, error = %readable(&error), "could not update WasmController status");
+        .await;
+        if let Err(error) = status {
+            tracing::warn!(parent: &self.span, error = %readable(&error), "could not update WasmController status");
         }
-        slot.record_health();
-        if let Some(after) = throttle_recheck(slot.running.as_ref()) {
-            let again = slot.signals.clone();
+        self.record_health();
+        if let Some(after) = throttle_recheck(self.running.as_ref()) {
+            let again = self.signals.clone();
             let timer = tokio::spawn(async move {
                 tokio::time::sleep(after).await;
                 let _ = again.send(Signal::Health);
             });
-            if let Some(old) = slot.recheck.replace(timer.abort_handle()) {
+            if let Some(old) = self.recheck.replace(timer.abort_handle()) {
                 old.abort();
             }
         }
     }
-    health_forward.abort();
-    let (label, metrics) = (
-        format!("{}/{}", slot.ns, slot.name),
-        slot.ctx.metrics.clone(),
-    );
-    slot.shutdown().await;
-    let _ = metrics.controller_ready.remove_label_values(&[&label]);
-    let _ = metrics.parents_failing.remove_label_values(&[&label]);
-}
 
-impl Slot {
+    /// Stops everything that runs for the WasmController and closes its fence, writing
+    /// nothing (`--shard`: it is not, or no longer, this replica's).
+    async fn park(&mut self) {
+        self.fence.close();
+        self.stop_all().await;
+        self.load_error = None;
+        self.forget_health();
+    }
+
+    /// Drops this WasmController's health gauges (another replica reports them now).
+    fn forget_health(&self) {
+        let label = format!("{}/{}", self.ns, self.name);
+        let metrics = &self.ctx.metrics;
+        let _ = metrics.controller_ready.remove_label_values(&[&label]);
+        let _ = metrics.parents_failing.remove_label_values(&[&label]);
+    }
+
     /// `wasmop_controller_ready` and `wasmop_parents_failing`: what the `Ready` and `Degraded`
     /// conditions say, for alerts.
     fn record_health(&self) {
@@ -387,13 +523,21 @@ impl Slot {
             .any(|f| f == WASMCONTROLLER_FINALIZER);
         if wc.spec.plugin.finalize
             && !holds
-            && let Err(error) = set_wc_finalizer(&self.ctx, wc, true).await
+            && let Err(error) = set_wc_finalizer(&self.ctx, wc, true, &self.fence).await
         {
             // Before any parent gets a finalizer, so deleting the WasmController releases them.
             self.retry_later(error);
             return;
         }
-        match prepare(&self.ctx, wc, self.running.as_ref(), &self.health).await {
+        match prepare(
+            &self.ctx,
+            wc,
+            self.running.as_ref(),
+            &self.health,
+            &self.fence,
+        )
+        .await
+        {
             Ok(new) => {
                 self.load_error = None;
                 if let Some((_, pending)) = self.retry.take() {
@@ -419,8 +563,8 @@ impl Slot {
         if finalizing_off {
             // `finalize` was turned off: release every parent, then the WasmController.
             let released = async {
-                release(&self.ctx, wc, None).await?;
-                set_wc_finalizer(&self.ctx, wc, false).await
+                release(&self.ctx, wc, None, &self.fence).await?;
+                set_wc_finalizer(&self.ctx, wc, false, &self.fence).await
             }
             .await;
             if let Err(error) = released {
@@ -489,8 +633,8 @@ impl Slot {
             return true;
         }
         let released = async {
-            release(&self.ctx, wc, stopped.as_deref()).await?;
-            set_wc_finalizer(&self.ctx, wc, false).await?;
+            release(&self.ctx, wc, stopped.as_deref(), &self.fence).await?;
+            set_wc_finalizer(&self.ctx, wc, false, &self.fence).await?;
             Ok::<_, Error>(())
         }
         .await;
@@ -500,7 +644,14 @@ impl Slot {
                 true
             }
             Err(error) => {
-                let status = write_ready(&self.ctx, wc, error.reason(), &error.to_string()).await;
+                let status = write_ready(
+                    &self.ctx,
+                    wc,
+                    error.reason(),
+                    &error.to_string(),
+                    &self.fence,
+                )
+                .await;
                 if let Err(e) = status {
                     tracing::warn!(parent: &self.span, error = %readable(&e), "could not update WasmController status");
                 }
@@ -511,6 +662,12 @@ impl Slot {
     }
 
     async fn shutdown(mut self) {
+        self.stop_all().await;
+        self.forget_health();
+    }
+
+    /// Stops the controller, the source watch and every pending timer.
+    async fn stop_all(&mut self) {
         if let Some(recheck) = self.recheck.take() {
             recheck.abort();
         }
@@ -533,6 +690,7 @@ async fn release(
     ctx: &Context,
     wc: &WasmController,
     finalize: Option<&Runtime>,
+    fence: &Fence,
 ) -> Result<(), Error> {
     let ns = wc.namespace().unwrap_or_default();
     let parent_ar = match resolve(&ctx.client, "spec.parent", &wc.spec.parent).await {
@@ -546,6 +704,7 @@ async fn release(
         identity: Identity::new(&ns, &wc.name_any()),
         team: access::impersonated(&ctx.config, &ns, &wc.spec.service_account_name)?,
         operator: ctx.client.clone(),
+        fence: fence.clone(),
     };
     let mut release = finalizers::Release::new(&releaser).await?;
     let mut shown = None;
@@ -557,7 +716,7 @@ async fn release(
                 "releasing finalizers: {left} of {} {} left",
                 release.total, wc.spec.parent.kind
             );
-            if let Err(error) = write_ready(ctx, wc, "Releasing", &message).await {
+            if let Err(error) = write_ready(ctx, wc, "Releasing", &message, fence).await {
                 tracing::warn!(error = %readable(&error), "could not update WasmController status");
             }
         }
@@ -569,7 +728,15 @@ async fn release(
 }
 
 /// Adds or removes the WasmController's own finalizer (uid precondition: never recreates it).
-async fn set_wc_finalizer(ctx: &Context, wc: &WasmController, present: bool) -> Result<(), Error> {
+async fn set_wc_finalizer(
+    ctx: &Context,
+    wc: &WasmController,
+    present: bool,
+    fence: &Fence,
+) -> Result<(), Error> {
+    if !fence.allows() {
+        return Ok(()); // `--shard`: another replica runs it now
+    }
     let mut body = json!({
         "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmController",
         "metadata": {"name": wc.name_any(), "namespace": wc.namespace(), "uid": wc.uid()},
@@ -596,9 +763,10 @@ async fn write_ready(
     wc: &WasmController,
     reason: &str,
     message: &str,
+    fence: &Fence,
 ) -> Result<(), kube::Error> {
     let ready = condition("Ready", "False", reason, message, wc.metadata.generation);
-    apply_status(ctx, wc, json!({"conditions": [ready]})).await
+    apply_status(ctx, wc, json!({"conditions": [ready]}), fence).await
 }
 
 /// Server-side applies `status` to the WasmController's status as the operator.
@@ -606,7 +774,11 @@ async fn apply_status(
     ctx: &Context,
     wc: &WasmController,
     status: serde_json::Value,
+    fence: &Fence,
 ) -> Result<(), kube::Error> {
+    if !fence.allows() {
+        return Ok(()); // `--shard`: another replica runs it now
+    }
     let api: Api<WasmController> =
         Api::namespaced(ctx.client.clone(), &wc.namespace().unwrap_or_default());
     let body =
@@ -626,6 +798,7 @@ async fn prepare(
     wc: &WasmController,
     running: Option<&Running>,
     health: &mpsc::UnboundedSender<()>,
+    fence: &Fence,
 ) -> Result<Option<Running>, Error> {
     let ns = wc.namespace().unwrap_or_default();
     let spec = &wc.spec;
@@ -718,6 +891,7 @@ async fn prepare(
         ctx.watches.clone(),
         health.clone(),
         ctx.board.clone(),
+        fence.clone(),
     ));
     let label = format!("{ns}/{}", wc.name_any());
     ctx.metrics
@@ -847,6 +1021,7 @@ async fn write_status(
     wc: &WasmController,
     running: Option<&Running>,
     load_error: Option<&Error>,
+    fence: &Fence,
 ) -> Result<(), kube::Error> {
     let generation = wc.metadata.generation;
     let (ready, reason, message) = match (running, load_error) {
@@ -928,11 +1103,16 @@ async fn write_status(
             .or(current.plugin.clone()),
         observed_generation: generation,
         dependencies: Some(dependencies(wc, running)),
+        shard: current.shard.clone(),
     };
     if status == current {
         return Ok(());
     }
-    apply_status(ctx, wc, json!(status)).await
+    let mut status = json!(status);
+    if let Some(fields) = status.as_object_mut() {
+        fields.remove("shard"); // written by the assignment alone (`assign.rs`)
+    }
+    apply_status(ctx, wc, status, fence).await
 }
 
 /// What the spec declares, and the fields the running controller has been seen writing.

@@ -13,8 +13,8 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric the operator exports. Cheap to clone (all handles are shared).
@@ -49,7 +49,8 @@ pub struct Metrics {
     /// Plugin calls running now, and how many may run at once.
     pub plugin_calls_running: IntGauge,
     pub plugin_call_slots: IntGauge,
-    /// 1 while this replica holds the leader Lease (or runs without leader election).
+    /// 1 while this replica holds the leader Lease, or its shard Lease (`--shard`), or runs
+    /// without either.
     pub leader: IntGauge,
     /// Watches open, by `kind` (`Kind.apiVersion`) and `namespace`: each opened as a team's
     /// account in its namespace, shared by the controllers of that account.
@@ -59,7 +60,78 @@ pub struct Metrics {
     pub watch_errors: IntCounterVec,
     /// Reconciles postponed by the per-parent rate limit, by controller.
     pub reconciles_throttled: IntCounterVec,
+    /// `--shard`: the assignment of WasmControllers to replicas.
+    pub shard: ShardMetrics,
 }
+
+/// The metrics of `--shard`.
+#[derive(Clone)]
+pub struct ShardMetrics {
+    /// WasmControllers assigned to this replica (`shard` is its name).
+    pub controllers: IntGaugeVec,
+    /// WasmControllers this replica took (`in`) or handed over (`out`), by reason (`new`,
+    /// `rebalance`, `dead_shard`).
+    pub moves: IntCounterVec,
+    /// From deciding to hand a WasmController over to the handover written (its controller
+    /// stopped in between).
+    pub drain_seconds: Histogram,
+    /// The longest any WasmController has been without a ready shard running it, as this
+    /// replica sees it (0 when none).
+    pub unassigned_seconds: Gauge,
+    /// The shard Lease duration (the alert compares the above with it).
+    pub lease_duration_seconds: Gauge,
+    /// The ring's shards by state (`ready`, `expired`, `uncertain`, `dead`), as this replica
+    /// sees them.
+    pub states: IntGaugeVec,
+}
+
+impl ShardMetrics {
+    fn new(r: &Registrar<'_>) -> Self {
+        let seconds =
+            |name: &str, help: &str| r.register(Gauge::new(name, help).expect("valid metric"));
+        ShardMetrics {
+            controllers: r.gauges(
+                "shard_controllers",
+                "WasmControllers assigned to this shard",
+                &["shard"],
+            ),
+            moves: r.counters(
+                "shard_moves_total",
+                "WasmControllers taken (in) or handed over (out), by reason",
+                &["direction", "reason"],
+            ),
+            drain_seconds: r.register(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "shard_drain_duration_seconds",
+                        "From deciding to hand a WasmController over to the handover written",
+                    )
+                    .buckets(DRAIN_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            unassigned_seconds: seconds(
+                "shard_unassigned_seconds",
+                "Longest time any WasmController has been without a ready shard running it",
+            ),
+            lease_duration_seconds: seconds(
+                "shard_lease_duration_seconds",
+                "The shard Lease duration",
+            ),
+            states: r.gauges(
+                "shards",
+                "The ring's shards by state, as this replica sees them",
+                &["state"],
+            ),
+        }
+    }
+}
+
+/// Drain time buckets, in seconds: stopping a controller waits for its in-flight reconciles
+/// (a plugin call is at most 60 s; the stop gives up after 30 s).
+pub const DRAIN_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0,
+];
 
 /// Plugin call latency buckets, in seconds: from a fast Rust plugin (~50 µs) up to the longest
 /// `spec.plugin.limits.timeoutMs` the CRD accepts (60 s), so a timeout lands in a bucket of its
@@ -210,8 +282,10 @@ impl Metrics {
             ),
             leader: gauge(
                 "leader",
-                "1 while this replica holds the leader Lease or runs without leader election",
+                "1 while this replica holds its Lease (leader or shard) or runs without one",
             ),
+            shard: ShardMetrics::new(&r),
+            // After every family above (the shard ones too) has been registered.
             names: r.1.take(),
             registry,
         }
@@ -233,12 +307,15 @@ impl Metrics {
 pub struct Readiness {
     /// Set by the manager once its WasmController watch has listed everything.
     pub synced: Arc<AtomicBool>,
-    /// 0 starting, [`STANDBY`] or [`LEADER`].
+    /// 0 starting, [`STANDBY`], [`LEADER`] or [`SHARD`].
     role: Arc<AtomicU8>,
+    /// `--shard`: the replica holds its shard Lease.
+    holding: Arc<AtomicBool>,
 }
 
 const STANDBY: u8 = 1;
 const LEADER: u8 = 2;
+const SHARD: u8 = 3;
 
 impl Readiness {
     /// This replica waits for the leader Lease.
@@ -251,8 +328,42 @@ impl Readiness {
         self.role.store(LEADER, Ordering::Relaxed);
     }
 
+    /// This replica is a shard (`--shard`): ready while it holds its shard Lease (`tenures`
+    /// says 0 when it does not) and its WasmControllers are listed.
+    pub fn shard(&self, mut tenures: tokio::sync::watch::Receiver<u64>) {
+        self.role.store(SHARD, Ordering::Relaxed);
+        let holding = self.holding.clone();
+        tokio::spawn(async move {
+            loop {
+                holding.store(*tenures.borrow_and_update() != 0, Ordering::Relaxed);
+                if tenures.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     /// `/readyz`'s status and body.
     fn probe(&self) -> (StatusCode, &'static str) {
+        if self.role.load(Ordering::Relaxed) == SHARD {
+            return match (
+                self.holding.load(Ordering::Relaxed),
+                self.synced.load(Ordering::Relaxed),
+            ) {
+                (true, true) => (
+                    StatusCode::OK,
+                    "ok: shard, holding its Lease, watches synced\n",
+                ),
+                (true, false) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "starting: shard, watches not synced yet\n",
+                ),
+                (false, _) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: shard, does not hold its shard Lease (taking it, or cannot renew it)\n",
+                ),
+            };
+        }
         match (
             self.role.load(Ordering::Relaxed),
             self.synced.load(Ordering::Relaxed),
@@ -381,6 +492,12 @@ mod tests {
             &m.cached_objects,
             &m.watch_errors,
             &m.reconciles_throttled,
+            &m.shard.controllers,
+            &m.shard.moves,
+            &m.shard.drain_seconds,
+            &m.shard.unassigned_seconds,
+            &m.shard.lease_duration_seconds,
+            &m.shard.states,
         ];
         collectors
             .iter()

@@ -13,6 +13,7 @@ use localcp::ControlPlane;
 use localcp::supervisor::{Proc, Supervisor};
 use tokio::sync::OnceCell;
 
+pub mod shards;
 pub mod website;
 
 /// The workspace root.

@@ -240,13 +240,46 @@ fn chart_renders_a_hardened_operator_with_opt_in_monitoring() -> Result<()> {
 }
 
 #[test]
+fn chart_renders_sharding_with_the_shard_lease_role_instead_of_leader_election() -> Result<()> {
+    let docs = render(&["sharding.enabled=true", "replicaCount=3"])?;
+    let deploy = find(&docs, "Deployment").context("Deployment")?;
+    let args: Vec<&str> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .context("args")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for arg in [
+        "--shard",
+        "--shard-ring=wasmop",
+        "--leader-elect-namespace=wasmop-system",
+        "--leader-elect-lease-duration=15s",
+    ] {
+        assert!(args.contains(&arg), "{arg} not in {args:?}");
+    }
+    assert!(!args.contains(&"--leader-elect"), "{args:?}");
+    let roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Role").collect();
+    assert_eq!(roles.len(), 1, "{roles:?}");
+    assert_eq!(roles[0]["metadata"]["name"], "wasmop-shards");
+    assert_eq!(roles[0]["metadata"]["namespace"], "wasmop-system");
+    let rule = &roles[0]["rules"][0];
+    assert_eq!(rule["resources"], json!(["leases"]));
+    assert!(rule["resourceNames"].is_null());
+    // Sharding one replica is a mistake the chart names.
+    let one = render(&["sharding.enabled=true", "replicaCount=1"]);
+    let error = format!("{:#}", one.expect_err("sharding with one replica renders"));
+    assert!(error.contains("replicaCount >= 2"), "{error}");
+    Ok(())
+}
+
+#[test]
 fn alerts_pass_promtool_check_and_unit_tests() -> Result<()> {
     let promtool = tool("promtool")?;
     let out = run(
         &promtool,
         &["check", "rules", "deploy/chart/wasmop/files/alerts.yaml"],
     )?;
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     let out = run(
         &promtool,
         &["test", "rules", "deploy/tests/alerts_test.yaml"],

@@ -1080,6 +1080,7 @@ fn low_faults() -> FaultConfig {
         latency_ms: 0..=20,
         cut_watch_after: Some(Duration::from_secs(8)),
         max_faults: 3000,
+        only_paths_containing: None,
     }
 }
 

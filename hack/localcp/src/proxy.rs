@@ -88,6 +88,9 @@ pub struct FaultConfig {
     /// At most this many faults (500s + 429s + cut watches) in the proxy's lifetime; after
     /// that it is transparent, so tests can assert convergence.
     pub max_faults: u64,
+    /// Only requests whose path contains this get latency and faults (e.g. `/leases/`: a
+    /// client that reaches the API server for everything but its Lease); `None`: all.
+    pub only_paths_containing: Option<String>,
 }
 
 impl Default for FaultConfig {
@@ -99,6 +102,7 @@ impl Default for FaultConfig {
             latency_ms: 0..=0,
             cut_watch_after: None,
             max_faults: 0,
+            only_paths_containing: None,
         }
     }
 }
@@ -277,20 +281,31 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn decide(&self, is_watch: bool) -> Decision {
-        self.lock().decide(is_watch)
+    fn decide(&self, is_watch: bool, path: &str) -> Decision {
+        self.lock().decide(is_watch, path)
     }
 }
 
 impl State {
     /// The fate of one request; counts it.
-    fn decide(&mut self, is_watch: bool) -> Decision {
+    fn decide(&mut self, is_watch: bool, path: &str) -> Decision {
         let State {
             config,
             rng,
             counts,
         } = self;
         counts.requests += 1;
+        if config
+            .only_paths_containing
+            .as_deref()
+            .is_some_and(|only| !path.contains(only))
+        {
+            return Decision {
+                delay: Duration::ZERO,
+                fault: Fault::None,
+                cut_after: None,
+            };
+        }
         let (lo, hi) = (*config.latency_ms.start(), *config.latency_ms.end());
         let delay_ms = if hi > lo {
             lo + rng.below(hi - lo + 1)
@@ -411,7 +426,7 @@ async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let decision = shared.decide(is_watch(req.uri()));
+    let decision = shared.decide(is_watch(req.uri()), req.uri().path());
     if !decision.delay.is_zero() {
         tokio::time::sleep(decision.delay).await;
     }
@@ -645,8 +660,13 @@ mod tests {
                 config,
                 counts: FaultCounts::default(),
             };
-            for _ in 0..requests {
-                s.decide(false);
+            for i in 0..requests {
+                let path = if i % 2 == 0 {
+                    "/api/v1/pods"
+                } else {
+                    "/apis/coordination.k8s.io/v1/namespaces/n/leases/a"
+                };
+                s.decide(false, path);
             }
             s.counts
         };
@@ -678,5 +698,16 @@ mod tests {
             10,
         );
         assert_eq!((c.delayed, c.faults()), (10, 0));
+        // Only the Lease requests (every other one) fail.
+        let c = counts(
+            FaultConfig {
+                error_500_per_mille: 1000,
+                max_faults: u64::MAX,
+                only_paths_containing: Some("/leases/".into()),
+                ..FaultConfig::default()
+            },
+            100,
+        );
+        assert_eq!((c.requests, c.errors_500), (100, 50));
     }
 }

@@ -12,10 +12,16 @@
 //! - A graceful shutdown stops the controllers first, then clears the holder, so a standby
 //!   (polling every `retry_period`) takes over at once instead of after the lease duration.
 //!
+//! The same code holds each replica's own shard Lease with `--shard` (`shard.rs`): the Lease
+//! then carries the ring's label, and the process's token in an annotation, so a restarted
+//! process of the same name (the Lease name is the Pod's) waits out its predecessor's Lease as
+//! it would anyone else's instead of taking it as its own.
+//!
 //! kube-lease-manager 0.13 fits kube 5 but was not used: its standby sleeps until the lease
 //! expires even when the holder released it (no quick handover), and a leader that cannot
 //! reach the API server keeps reporting itself leader past the lease's expiry.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -38,7 +44,16 @@ pub struct Settings {
     pub renew_deadline: Duration,
     /// How often the leader renews and a standby tries to take the Lease.
     pub retry_period: Duration,
+    /// Labels the Lease carries (a shard Lease: its ring's).
+    pub labels: BTreeMap<String, String>,
+    /// This process's token in [`PROCESS_ANNOTATION`]: a record with the right holder but
+    /// another token is another process's (a shard Lease is named after the Pod, and a
+    /// restarted container has the same name).
+    pub process: Option<String>,
 }
+
+/// The annotation on a shard Lease naming the process that holds it.
+pub const PROCESS_ANNOTATION: &str = "wasmop.dev/shard-process";
 
 /// Settings that would allow two leaders at once.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +90,9 @@ impl Settings {
     }
 }
 
-/// A process-unique identity: `<host>_<pid>_<start time in µs>`.
-pub fn default_identity() -> String {
-    let host = std::env::var("POD_NAME")
+/// This host's name: `POD_NAME`, `HOSTNAME` or the kernel's.
+pub fn host_name() -> String {
+    std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .ok()
         .filter(|h| !h.is_empty())
@@ -86,7 +101,12 @@ pub fn default_identity() -> String {
                 .ok()
                 .map(|h| h.trim().to_string())
         })
-        .unwrap_or_else(|| "wasmop".into());
+        .unwrap_or_else(|| "wasmop".into())
+}
+
+/// A process-unique identity: `<host>_<pid>_<start time in µs>`.
+pub fn default_identity() -> String {
+    let host = host_name();
     let micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
@@ -99,15 +119,24 @@ struct Record {
     holder: Option<String>,
     renew_time: Option<MicroTime>,
     duration_seconds: Option<i32>,
+    process: Option<String>,
 }
 
 impl Record {
-    fn of(spec: &LeaseSpec) -> Self {
+    fn of(lease: &Lease) -> Self {
+        let spec = lease.spec.clone().unwrap_or_default();
         Record {
-            holder: spec.holder_identity.clone().filter(|h| !h.is_empty()),
-            renew_time: spec.renew_time.clone(),
+            holder: spec.holder_identity.filter(|h| !h.is_empty()),
+            renew_time: spec.renew_time,
             duration_seconds: spec.lease_duration_seconds,
+            process: lease.annotations().get(PROCESS_ANNOTATION).cloned(),
         }
+    }
+
+    /// Whether the record is `settings`' process's.
+    fn is(&self, settings: &Settings) -> bool {
+        self.holder.as_deref() == Some(settings.identity.as_str())
+            && (settings.process.is_none() || self.process == settings.process)
     }
 }
 
@@ -206,10 +235,10 @@ impl Elector {
         let Some(mut lease) = self.api.get_opt(&self.settings.lease_name).await? else {
             return Ok(());
         };
-        let spec = lease.spec.get_or_insert_with(Default::default);
-        if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
+        if !Record::of(&lease).is(&self.settings) {
             return Ok(());
         }
+        let spec = lease.spec.get_or_insert_with(Default::default);
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(now());
@@ -238,31 +267,33 @@ impl Elector {
                 lease_transitions: Some(0),
                 ..LeaseSpec::default()
             };
-            let lease = Lease {
+            let mut lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.settings.lease_name.clone()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(spec),
             };
+            self.mark(&mut lease);
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(created) => self.observe(&created, true),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false), // another was faster
                 Err(e) => Err(e),
             };
         };
-        let spec = lease.spec.get_or_insert_with(Default::default);
-        let record = Record::of(spec);
+        let record = Record::of(&lease);
         if self.observed.as_ref().is_none_or(|(r, _)| *r != record) {
             self.observed = Some((record, Instant::now()));
         }
         let (record, seen) = self.observed.as_ref().expect("just set");
-        let mine = record.holder.as_deref() == Some(me.as_str());
+        let mine = record.is(&self.settings);
         let valid_for =
             Duration::from_secs(record.duration_seconds.unwrap_or(duration).max(1) as u64);
         if !mine && record.holder.is_some() && seen.elapsed() < valid_for {
             return Ok(false);
         }
+        self.mark(&mut lease);
+        let spec = lease.spec.get_or_insert_with(Default::default);
         if !mine {
             spec.acquire_time = Some(now());
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
@@ -282,8 +313,22 @@ impl Elector {
         }
     }
 
+    /// Puts this replica's labels and process token on `lease`.
+    fn mark(&self, lease: &mut Lease) {
+        let meta = &mut lease.metadata;
+        if !self.settings.labels.is_empty() {
+            let labels = meta.labels.get_or_insert_with(Default::default);
+            labels.extend(self.settings.labels.clone());
+        }
+        if let Some(process) = &self.settings.process {
+            meta.annotations
+                .get_or_insert_with(Default::default)
+                .insert(PROCESS_ANNOTATION.into(), process.clone());
+        }
+    }
+
     fn observe(&mut self, lease: &Lease, result: bool) -> Result<bool, kube::Error> {
-        let record = Record::of(lease.spec.as_ref().unwrap_or(&LeaseSpec::default()));
+        let record = Record::of(lease);
         self.observed = Some((record, Instant::now()));
         Ok(result)
     }
@@ -305,6 +350,8 @@ mod tests {
             lease_duration: Duration::from_secs(lease),
             renew_deadline: Duration::from_secs(renew),
             retry_period: Duration::from_secs(retry),
+            labels: BTreeMap::new(),
+            process: None,
         }
     }
 

@@ -18,6 +18,7 @@ use wasmop_abi::ABI_VERSION;
 
 use crate::cluster::access::{self, Access};
 use crate::cluster::api_error::{readable, truncate};
+use crate::cluster::shard::Fence;
 use crate::cluster::watches::{SharedKind, Watches};
 use crate::crd::{KindRef, WasmControllerSpec};
 use crate::metrics::Metrics;
@@ -112,6 +113,8 @@ pub enum Error {
         "nothing more was written: another field manager owns a field of {target} that this controller sets to another value ({message}). Two controllers must not set the same field: change one plugin, or have one of them own the field"
     )]
     FieldConflict { target: ObjRef, message: String },
+    #[error("nothing more was written: the WasmController moved to another replica (--shard)")]
+    Moved,
 }
 
 fn list(conflicts: &[Conflict]) -> String {
@@ -143,6 +146,7 @@ impl Error {
                 "invalid_output"
             }
             Error::Related(_) => "related",
+            Error::Moved | Error::Finalizer(finalizers::Error::Moved { .. }) => "moved",
             Error::Write { .. } | Error::Finalizer(_) => "write_failed",
             Error::BadChild { .. } => "invalid_output",
             Error::ChildConflict { .. } => "child_conflict",
@@ -161,6 +165,7 @@ impl Error {
                 "InvalidResponse"
             }
             Error::Related(_) => "RelatedUnavailable",
+            Error::Moved | Error::Finalizer(finalizers::Error::Moved { .. }) => "Moved",
             Error::Write { .. } | Error::Finalizer(_) => "WriteRejected",
             Error::BadChild { .. } => "InvalidResponse",
             Error::ChildConflict { .. } => "ChildConflict",
@@ -290,6 +295,9 @@ pub struct Runtime {
     /// Field conflicts with other controllers, reported on both sides.
     pub board: Arc<Board>,
     pub board_token: conflicts::Token,
+    /// Whether this replica may still write for this WasmController (`--shard`); checked
+    /// right before every write, so nothing computed before a move is written after it.
+    pub fence: Fence,
 }
 
 impl Runtime {
@@ -310,6 +318,7 @@ impl Runtime {
         watches: Arc<Watches>,
         health: mpsc::UnboundedSender<()>,
         board: Arc<Board>,
+        fence: Fence,
     ) -> Self {
         let identity = Identity::new(&namespace, &name);
         let reporter = Reporter {
@@ -335,6 +344,7 @@ impl Runtime {
             identity: identity.clone(),
             team: client.clone(),
             operator,
+            fence: fence.clone(),
         };
         Runtime {
             namespace,
@@ -363,7 +373,26 @@ impl Runtime {
             written: Mutex::new(BTreeMap::new()),
             board,
             board_token,
+            fence,
         }
+    }
+
+    /// # Errors
+    /// [`Error::Moved`] when this replica may no longer write for the WasmController.
+    pub(crate) fn may_write(&self) -> Result<()> {
+        if self.fence.allows() {
+            Ok(())
+        } else {
+            Err(Error::Moved)
+        }
+    }
+
+    /// Whether a failure is the WasmController having moved (not a failure to report).
+    pub(crate) fn moved(error: &Error) -> bool {
+        matches!(
+            error,
+            Error::Moved | Error::Finalizer(finalizers::Error::Moved { .. })
+        )
     }
 
     pub(crate) fn label(&self) -> String {
@@ -378,6 +407,9 @@ impl Runtime {
         reason: &str,
         note: &str,
     ) {
+        if !self.fence.allows() {
+            return;
+        }
         let event = KubeEvent {
             type_,
             reason: reason.into(),

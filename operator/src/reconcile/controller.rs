@@ -9,6 +9,9 @@
 //! # Guarantees
 //! - Nothing is written for an invalid response; how a valid one is written (ownership of
 //!   children, dry run, write order) is `execute.rs`.
+//! - With `--shard`, every write (dry runs, Events and finalizers included) first checks that
+//!   this replica still runs the WasmController ([`Runtime::may_write`]): a plugin result
+//!   computed before a move, or before this replica lost its shard Lease, is never written.
 //! - Deleting a parent, turning `finalize` off or annotating a parent to skip it never leaves
 //!   this controller's finalizer behind (`finalizers.rs`).
 //! - A parent that is gone is forgotten: its failure leaves `Degraded`, its per-parent state
@@ -119,6 +122,14 @@ async fn reconcile(parent: Arc<DynamicObject>, rt: Arc<Runtime>) -> Result<Actio
         .instrument(span.clone())
         .await
         .map(|outcome| outcome.action);
+    if let Err(error) = &result
+        && Runtime::moved(error)
+    {
+        // `--shard`: the WasmController is moving to another replica, which reconciles this
+        // parent from scratch; this one stops without a word (no failure, no Event).
+        span.in_scope(|| tracing::debug!("{error}"));
+        return Ok(Action::await_change());
+    }
     let label = rt.label();
     rt.metrics
         .reconcile_seconds

@@ -364,6 +364,7 @@ async fn publish_events(
 ) -> Result<()> {
     let reference = parent.object_ref(&rt.parent.resource);
     for ev in events {
+        rt.may_write()?;
         let event = KubeEvent {
             type_: match ev.type_ {
                 EventType::Normal => KubeEventType::Normal,
@@ -398,6 +399,7 @@ async fn write_one(
     write: &Write<'_>,
     dry_run: bool,
 ) -> Result<Option<String>> {
+    rt.may_write()?; // `--shard`: not if the WasmController moved since the plugin was called
     match write {
         Write::Create { apply, resource } => create(rt, parent, apply, resource, dry_run).await,
         Write::Apply {

@@ -20,6 +20,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::cluster::api_error::{is_forbidden, readable};
+use crate::cluster::shard::Fence;
 use crate::reconcile::plan::{Identity, ObjRef};
 
 /// The WasmController's own finalizer while its parents may hold this controller's.
@@ -51,6 +52,13 @@ pub enum Error {
         team: String,
         operator: String,
     },
+    #[error(
+        "{action} on {target}: not written, this replica no longer runs the WasmController (it moved to another shard)"
+    )]
+    Moved {
+        action: &'static str,
+        target: ObjRef,
+    },
 }
 
 /// Where this controller's finalizer lives and who may write it.
@@ -63,6 +71,8 @@ pub struct Finalizers {
     pub team: Client,
     /// The operator's own account: only to remove the finalizer when `team` may not.
     pub operator: Client,
+    /// Checked before each write (`--shard`: the WasmController may have moved).
+    pub fence: Fence,
 }
 
 impl Finalizers {
@@ -95,6 +105,7 @@ impl Finalizers {
     /// # Errors
     /// The API server refuses the write.
     pub async fn add(&self, parent: &DynamicObject) -> Result<(), Error> {
+        self.fenced("adding the finalizer", parent)?;
         self.apply(&self.team, parent, true)
             .await
             .map_err(|source| Error::Write {
@@ -110,6 +121,7 @@ impl Finalizers {
     /// # Errors
     /// Neither account may patch the parent, or another failure.
     pub async fn remove(&self, parent: &DynamicObject) -> Result<(), Error> {
+        self.fenced("removing the finalizer", parent)?;
         let write = |source| Error::Write {
             action: "removing the finalizer",
             target: self.target(parent),
@@ -134,6 +146,16 @@ impl Finalizers {
             }),
             Err(source) => Err(write(source)),
         }
+    }
+
+    fn fenced(&self, action: &'static str, parent: &DynamicObject) -> Result<(), Error> {
+        if self.fence.allows() {
+            return Ok(());
+        }
+        Err(Error::Moved {
+            action,
+            target: self.target(parent),
+        })
     }
 
     /// A server-side apply of just this finalizer by its own field manager, to exactly this
