@@ -18,11 +18,14 @@ use wasmop_abi::{RECONCILE_EXPORT, ReconcileRequest, ReconcileResponse};
 use crate::fixture;
 use crate::stats::{Percentiles, Runs, us};
 
-/// The plugins measured: (label, file under target/plugins without `.wasm`).
-pub const PLUGINS: [(&str, &str); 3] = [
+/// The plugins measured: (label, file under target/plugins without `.wasm`). The last is the
+/// Rust plugin built with the size-first `plugin-small` profile (`hack/bench.sh` builds it),
+/// measured in the same runs as the default `plugin` profile's.
+pub const PLUGINS: [(&str, &str); 4] = [
     ("Rust", "website-rust"),
     ("JS", "website-js"),
     ("Go", "website-go"),
+    ("Rust, size profile", "website-rust-small"),
 ];
 
 /// Every limit on, as a WasmController would set them: memory, wall-clock timeout and fuel.
