@@ -13,7 +13,8 @@ use serde_json::json;
 use wasmop::crd::{KindRef, Limits};
 use wasmop::plugin::{Budget, Host, LoadedPlugin};
 use wasmop::reconcile::plan::{self, Identity, ObjRef, Owned, ResponseLimits};
-use wasmop_abi::{RECONCILE_EXPORT, ReconcileRequest, ReconcileResponse};
+use wasmop::reconcile::request;
+use wasmop_abi::{RECONCILE_EXPORT, ReconcileResponse};
 
 use crate::fixture;
 use crate::stats::{Percentiles, Runs, us};
@@ -55,9 +56,10 @@ impl Figure {
 /// The operator's path for one plugin, step by step (µs).
 #[derive(Clone, Debug, Default)]
 pub struct Breakdown {
-    /// `kinds::clean` of the parent and its children, and the request built from them.
+    /// `request::shown` of the parent and its children: their JSON, from the cache or by
+    /// `kinds::clean` and serialising.
     pub gather: Figure,
-    /// `serde_json::to_vec(&request)`.
+    /// `request::encode`: the request written around the objects' JSON.
     pub serialise: Figure,
     /// Waiting for a call slot, the hop to the blocking pool, taking a lane and (every
     /// 256th call) starting a fresh instance: `LoadedPlugin::call` minus the time in the plugin.
@@ -81,6 +83,8 @@ pub struct PluginCalls {
     /// The same without fuel metering (the operator always meters fuel, to bound start-up).
     pub bare_no_fuel: Figure,
     pub operator: Breakdown,
+    /// The same with every object changed since the last call (nothing cached).
+    pub changed: Breakdown,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -161,41 +165,53 @@ impl PlanContext {
 /// Per-step durations of one operator-path call.
 struct Steps([Duration; 7]);
 
-/// One reconcile's plugin part, as `controller.rs` `reconcile_parent` does it (steps 3–5).
+/// One reconcile's plugin part, as `controller.rs` `reconcile_parent` does it (steps 3–5),
+/// with the operator's own request functions. `changed`: every object has a resourceVersion
+/// not seen before (nothing cached), as after a write; else as on a resync or when only a
+/// related object changed.
 async fn operator_path(
     plugin: &Arc<LoadedPlugin>,
     ctx: &PlanContext,
     parent: &kube::api::DynamicObject,
     children: &[(kube::api::ApiResource, kube::api::DynamicObject)],
+    changed: Option<usize>,
 ) -> Result<Steps> {
+    let bump = |obj: &kube::api::DynamicObject| {
+        let mut obj = obj.clone();
+        if let Some(i) = changed {
+            let rv = obj.metadata.resource_version.take().unwrap_or_default();
+            obj.metadata.resource_version = Some(format!("{rv}-{i}"));
+        }
+        obj
+    };
+    let parent = bump(parent);
+    let children: Vec<_> = children.iter().map(|(r, o)| (r, bump(o))).collect();
     let t0 = Instant::now();
-    let parent_json =
-        wasmop::cluster::kinds::clean(parent.clone(), &wasmop_e2e::website::website_resource());
-    let mut by_kind: std::collections::BTreeMap<_, std::collections::BTreeMap<_, _>> =
-        Default::default();
-    for (resource, obj) in children {
+    let shown = request::shown(&parent, &wasmop_e2e::website::website_resource(), true);
+    let parent_json = shown.value.expect("asked for the value");
+    let mut by_kind: request::Children = Default::default();
+    for (resource, obj) in &children {
         by_kind
             .entry(wasmop_abi::child_key(&resource.api_version, &resource.kind))
             .or_default()
             .insert(
                 obj.metadata.name.clone().unwrap_or_default(),
-                wasmop::cluster::kinds::clean(obj.clone(), resource),
+                request::shown(obj, resource, false).text,
             );
     }
-    let request = ReconcileRequest {
-        abi_version: wasmop_abi::ABI_VERSION.into(),
-        controller: wasmop_abi::ControllerInfo {
-            name: fixture::CONTROLLER.into(),
-            namespace: fixture::NAMESPACE.into(),
-            config: json!({"replicas": 2}),
-        },
-        object: parent_json.clone(),
-        children: by_kind,
-        related: Default::default(),
-        finalizing: false,
+    let controller = wasmop_abi::ControllerInfo {
+        name: fixture::CONTROLLER.into(),
+        namespace: fixture::NAMESPACE.into(),
+        config: json!({"replicas": 2}),
     };
     let t1 = Instant::now();
-    let input = serde_json::to_vec(&request)?;
+    let input = request::encode(
+        &controller,
+        &shown.text,
+        &by_kind,
+        &Default::default(),
+        false,
+    );
     let t2 = Instant::now();
     let output = plugin.call(RECONCILE_EXPORT, input).await?;
     let t3 = Instant::now();
@@ -326,24 +342,32 @@ pub async fn run(
             report.plugins[n].bare.add(&mut timed(bare)?);
             report.plugins[n].bare_no_fuel.add(&mut timed(no_fuel)?);
 
-            let mut steps: [Vec<Duration>; 7] = Default::default();
-            for i in 0..warmup + iterations {
-                let s = operator_path(loaded, &ctx, &parent, &children).await?;
-                if i >= warmup {
-                    for (v, d) in steps.iter_mut().zip(s.0) {
-                        v.push(d);
+            for changed in [false, true] {
+                let mut steps: [Vec<Duration>; 7] = Default::default();
+                for i in 0..warmup + iterations {
+                    let fresh = changed.then_some(i);
+                    let s = operator_path(loaded, &ctx, &parent, &children, fresh).await?;
+                    if i >= warmup {
+                        for (v, d) in steps.iter_mut().zip(s.0) {
+                            v.push(d);
+                        }
                     }
                 }
+                let p = &mut report.plugins[n];
+                let b = if changed {
+                    &mut p.changed
+                } else {
+                    &mut p.operator
+                };
+                let [g, s, d, p, r, pl, t] = &mut steps;
+                b.gather.add(g);
+                b.serialise.add(s);
+                b.dispatch.add(d);
+                b.plugin.add(p);
+                b.parse.add(r);
+                b.plan.add(pl);
+                b.total.add(t);
             }
-            let b = &mut report.plugins[n].operator;
-            let [g, s, d, p, r, pl, t] = &mut steps;
-            b.gather.add(g);
-            b.serialise.add(s);
-            b.dispatch.add(d);
-            b.plugin.add(p);
-            b.parse.add(r);
-            b.plan.add(pl);
-            b.total.add(t);
         }
     }
     drop(server);

@@ -186,12 +186,20 @@ impl Report {
                 &format!("{} plugin, operator path (below)", p.label),
                 &p.operator.total,
             );
+            row(
+                s,
+                &format!("{} plugin, operator path, every object changed", p.label),
+                &p.changed.total,
+            );
         }
         let _ = writeln!(
             s,
             "\n### The operator's path, step by step (p50 µs; p99 in brackets)\n\n\
-             What `controller.rs` does around the call: *gather* = `kinds::clean` of the cached \
-             parent and children into the request; *serialise* = `serde_json::to_vec`; \
+             What `controller.rs` does around the call: *gather* = each object's JSON as the \
+             plugin is shown it (`request::shown`: from the cache when its resourceVersion was \
+             seen before, as on a resync or a related object's change; else `kinds::clean` and \
+             serialising, the *changed* rows, as after any write to the parent or a child); \
+             *serialise* = `request::encode`, the request written around those texts; \
              *dispatch* = `LoadedPlugin::call` minus the time in the plugin (a call slot, the hop \
              to the blocking pool and back, a lane, and on every 256th call a fresh instance); \
              *plugin* = inside `Plugin::call`; *parse* = size check, `serde_json::from_slice`, \
@@ -201,13 +209,18 @@ impl Report {
             s,
             "| plugin | gather | serialise | dispatch | plugin | parse | plan | total | bare call |\n|---|---|---|---|---|---|---|---|---|"
         );
-        for p in &c.plugins {
-            let b = &p.operator;
+        for (p, changed) in c.plugins.iter().flat_map(|p| [(p, false), (p, true)]) {
+            let b = if changed { &p.changed } else { &p.operator };
             let f = |f: &Figure| format!("{:.1} [{:.0}]", f.p50.median(), f.p99.median());
+            let label = if changed {
+                format!("{}, changed", p.label)
+            } else {
+                p.label.to_string()
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                p.label,
+                label,
                 f(&b.gather),
                 f(&b.serialise),
                 f(&b.dispatch),

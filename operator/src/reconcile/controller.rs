@@ -33,18 +33,15 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::Instrument;
-use wasmop_abi::{
-    ABI_VERSION, ControllerInfo, FINALIZE_EXPORT, RECONCILE_EXPORT, ReconcileRequest,
-    ReconcileResponse,
-};
+use wasmop_abi::{ControllerInfo, FINALIZE_EXPORT, RECONCILE_EXPORT, ReconcileResponse};
 
-use crate::cluster::kinds;
 use crate::crd::KindRef;
 use crate::reconcile::context::{Error, Failure, Result, Runtime};
 use crate::reconcile::execute::{self, DEPENDENCY_RETRY};
 use crate::reconcile::finalizers::{self, SKIP_ANNOTATION};
 use crate::reconcile::plan::{self, ObjRef, Owned};
 use crate::reconcile::related;
+use crate::reconcile::request;
 
 /// Runs the controller until `shutdown` fires, then finishes in-flight reconciles and returns.
 pub async fn run(rt: Arc<Runtime>, shutdown: oneshot::Receiver<()>) {
@@ -274,22 +271,23 @@ pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Re
     }
 
     // 3. Gather the inputs: parent and children from the shared caches, related objects as the account.
-    let parent_json = kinds::clean(parent.clone(), &rt.parent.resource);
+    let shown = request::shown(parent, &rt.parent.resource, true);
+    let parent_json = shown.value.expect("asked for the value");
     let (owned, children) = gather_children(rt, parent);
     let name = parent.name_any();
     let related = gather_related(rt, parent, &parent_json, &name).await?;
-    let request = ReconcileRequest {
-        abi_version: ABI_VERSION.into(),
-        controller: ControllerInfo {
-            name: rt.name.clone(),
-            namespace: rt.namespace.clone(),
-            config: rt.spec.plugin.config.clone().unwrap_or(Value::Null),
-        },
-        object: parent_json.clone(),
-        children,
-        related: related.inputs,
-        finalizing,
+    let controller = ControllerInfo {
+        name: rt.name.clone(),
+        namespace: rt.namespace.clone(),
+        config: rt.spec.plugin.config.clone().unwrap_or(Value::Null),
     };
+    let input = request::encode(
+        &controller,
+        &shown.text,
+        &children,
+        &related.inputs,
+        finalizing,
+    );
 
     // 4. Call the plugin.
     let export = if finalizing {
@@ -297,7 +295,6 @@ pub(crate) async fn reconcile_parent(parent: &DynamicObject, rt: &Runtime) -> Re
     } else {
         RECONCILE_EXPORT
     };
-    let input = serde_json::to_vec(&request).expect("requests serialise");
     let output = rt.plugin.call(export, input).await?;
     rt.metrics
         .plugin_call_seconds
@@ -448,10 +445,7 @@ async fn require_read_access(rt: &Runtime) -> Result<()> {
 
 /// This controller's current children of `parent` (from the caches): as plan input and as the
 /// plugin's `request.children` (every declared kind present, possibly empty).
-fn gather_children(
-    rt: &Runtime,
-    parent: &DynamicObject,
-) -> (Vec<Owned>, BTreeMap<String, BTreeMap<String, Value>>) {
+fn gather_children(rt: &Runtime, parent: &DynamicObject) -> (Vec<Owned>, request::Children) {
     let uid = parent.uid().unwrap_or_default();
     let label = rt.identity.label_value();
     let mut owned = Vec::new();
@@ -477,7 +471,10 @@ fn gather_children(
                 },
                 uid: obj.uid().unwrap_or_default(),
             });
-            by_name.insert(name, kinds::clean((*obj).clone(), &child.watch.resource));
+            by_name.insert(
+                name,
+                request::shown(&obj, &child.watch.resource, false).text,
+            );
         }
         by_kind.insert(
             wasmop_abi::child_key(&child.kind.api_version, &child.kind.kind),

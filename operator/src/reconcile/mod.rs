@@ -5,6 +5,7 @@
 //! - [`context`]: what the steps share: the reconcile `Error` and a WasmController's `Runtime`.
 //! - [`related`]: `spec.related`: API-contract references and selectors, resolved for a parent.
 //! - [`triggers`]: related objects' watches, and the parents a change to one re-reconciles.
+//! - [`request`]: the request a plugin is given, its objects' JSON cached by `resourceVersion`.
 //! - [`plan`]: validates a plugin response into SSA applies and a prune set (pure).
 //! - [`execute`]: writes a plan: ownership of children, dry run, create/apply/prune, events.
 //! - [`finalizers`]: this controller's finalizer on parents: add, remove, release them all.
@@ -17,4 +18,5 @@ pub mod execute;
 pub mod finalizers;
 pub mod plan;
 pub mod related;
+pub mod request;
 pub mod triggers;
