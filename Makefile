@@ -21,9 +21,11 @@ setup:
 control-plane: setup
 	@bash hack/build-control-plane.sh
 
-## tools: helm, promtool and crane, pinned in hack/versions.env, built from the Go module proxy (stamped).
+## tools: helm, promtool, crane, cosign, pinned in hack/versions.env, built from the Go module proxy (stamped);
+## and the real Cluster API / Gateway API CRDs the tests run on, copied from their pinned modules (hack/crds.sh).
 tools: setup
 	@bash hack/tools.sh >/dev/null
+	@bash hack/crds.sh >/dev/null
 
 ## build: the operator, the launcher and the test harness (host).
 build: setup
@@ -32,9 +34,10 @@ build: setup
 ## plugins: every example plugin, from source, into target/plugins/.
 plugins: build
 	@mkdir -p $(PLUGIN_DIR)
-	$(CARGO) build -p website-plugin -p patterns-plugin -p misbehave-plugin --target wasm32-unknown-unknown --profile plugin
+	$(CARGO) build -p website-plugin -p misbehave-plugin --target wasm32-unknown-unknown --profile plugin
+	$(CARGO) build -p patterns-plugin --target wasm32-wasip1 --profile plugin   # its conditions read the clock
 	@cp $(WASM_RUST)/website_plugin.wasm $(PLUGIN_DIR)/website-rust.wasm
-	@cp $(WASM_RUST)/patterns_plugin.wasm $(PLUGIN_DIR)/patterns-rust.wasm
+	@cp target/wasm32-wasip1/plugin/patterns_plugin.wasm $(PLUGIN_DIR)/patterns-rust.wasm
 	@cp $(WASM_RUST)/misbehave_plugin.wasm $(PLUGIN_DIR)/misbehave.wasm
 	@bash plugins/examples/website-js/build.sh   # QuickJS runtime + esbuild + pre-initialisation
 	@bash plugins/examples/decorator-ts/build.sh

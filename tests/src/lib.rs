@@ -401,6 +401,54 @@ pub fn install_crds(cp: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
+/// The real third-party CRDs pinned in hack/versions.env (Cluster API's Machine, Gateway API's
+/// GatewayClass, Gateway and HTTPRoute), fetched by `hack/crds.sh` on first use (a no-op when
+/// stamped), applied to `cp` as they ship, and served.
+///
+/// # Errors
+/// The fetch or kubectl fails, or the CRDs are not Established within 60 s.
+pub fn install_real_crds(cp: &ControlPlane) -> Result<()> {
+    let out = Command::new("bash")
+        .arg(root().join("hack/crds.sh"))
+        .output()
+        .context("running hack/crds.sh")?;
+    if !out.status.success() {
+        bail!(
+            "hack/crds.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let mut files: Vec<PathBuf> = Vec::new();
+    for module in std::fs::read_dir(&dir)? {
+        for file in std::fs::read_dir(module?.path())? {
+            let file = file?.path();
+            if file.extension().is_some_and(|e| e == "yaml") {
+                files.push(file);
+            }
+        }
+    }
+    files.sort();
+    for file in &files {
+        kubectl(
+            cp,
+            &["apply", "--server-side", "-f", &file.to_string_lossy()],
+        )?;
+    }
+    kubectl(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/machines.cluster.x-k8s.io",
+            "crd/httproutes.gateway.networking.k8s.io",
+            "crd/gateways.gateway.networking.k8s.io",
+        ],
+    )?;
+    Ok(())
+}
+
 /// Sum of a metric's samples in Prometheus text `text` whose label set contains every
 /// `labels` pair (what [`Operator::metric`] computes, for any metrics text).
 pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
