@@ -78,24 +78,10 @@ spec:
       storage: true
       subresources: { status: {} }
       schema: { openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true } }
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: { name: routepolicies.policy.example.com }
-spec:
-  group: policy.example.com
-  scope: Namespaced
-  names: { kind: RoutePolicy, plural: routepolicies, singular: routepolicy }
-  versions:
-    - name: v1alpha1
-      served: true
-      storage: true
-      subresources: { status: {} }
-      schema: { openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true } }
 "#;
 
-/// The team's account: reads its plugin, its parents and their references, writes the
-/// parents' status, Events, and (for the policy's annotations) patches HTTPRoutes.
+/// The Machine team's account: reads its plugin, its parents and their references, writes the
+/// parents' status and Events. (The policy test uses samples/policy/rbac.yaml.)
 const TEAM_RBAC: &str = r#"
 apiVersion: v1
 kind: ServiceAccount
@@ -105,18 +91,15 @@ apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: { name: platform-team }
 rules:
-  - apiGroups: [cluster.x-k8s.io, policy.example.com]
-    resources: [machines, routepolicies]
+  - apiGroups: [cluster.x-k8s.io]
+    resources: [machines]
     verbs: [get, list, watch]
-  - apiGroups: [cluster.x-k8s.io, policy.example.com]
-    resources: [machines/status, routepolicies/status]
-    verbs: [get, patch, update]
+  - apiGroups: [cluster.x-k8s.io]
+    resources: [machines/status]
+    verbs: [patch]
   - apiGroups: [infrastructure.example.com]
     resources: [labmachines, oldmachines]
     verbs: [get, list, watch]
-  - apiGroups: [gateway.networking.k8s.io]
-    resources: [httproutes]
-    verbs: [get, list, watch, patch]
   - apiGroups: [""]
     resources: [configmaps]       # the plugin's own ConfigMap
     verbs: [get, list, watch]
@@ -131,11 +114,26 @@ roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: platform-team 
 subjects: [{ kind: ServiceAccount, name: platform-team }]
 "#;
 
-/// The real CRDs, the test CRDs and a team namespace with the patterns plugin.
-async fn setup(prefix: &str) -> Result<(&'static Operator, Client, String)> {
+/// The real CRDs, the test CRDs and a team namespace with `rbac` and the patterns plugin in
+/// ConfigMap `plugin_cm`.
+async fn setup(
+    prefix: &str,
+    rbac: &str,
+    plugin_cm: &str,
+) -> Result<(&'static Operator, Client, String)> {
     let (cp, op) = operator().await?;
     install_real_crds(cp)?;
     kubectl_stdin(cp, &["apply", "--server-side", "-f", "-"], Some(INFRA_CRDS))?;
+    let policy_crd = wasmop_e2e::root().join("samples/policy/crd.yaml");
+    wasmop_e2e::kubectl(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            &policy_crd.to_string_lossy(),
+        ],
+    )?;
     wasmop_e2e::kubectl(
         cp,
         &[
@@ -148,8 +146,8 @@ async fn setup(prefix: &str) -> Result<(&'static Operator, Client, String)> {
         ],
     )?;
     let client = cp.client().await?;
-    let ns = namespace_with(cp, &client, prefix, TEAM_RBAC).await?;
-    put_plugin(&client, &ns, "patterns", plugin("patterns-rust")).await?;
+    let ns = namespace_with(cp, &client, prefix, rbac).await?;
+    put_plugin(&client, &ns, plugin_cm, plugin("patterns-rust")).await?;
     Ok((op, client, ns))
 }
 
@@ -271,7 +269,7 @@ fn infra_ready(m: &Value) -> (Value, Value, String) {
 /// object that does not exist shows on the WasmController and as an Event, and clears.
 #[tokio::test]
 async fn a_v1beta2_machine_follows_its_infrastructure_through_the_contract_label() -> Result<()> {
-    let (op, client, ns) = setup("capi").await?;
+    let (op, client, ns) = setup("capi", TEAM_RBAC, "patterns").await?;
     let lab = resource(
         "infrastructure.example.com",
         "v1alpha1",
@@ -479,7 +477,9 @@ fn policy_calls(op: &Operator, name: &str) -> usize {
 /// "Decorators", says so; releasing a dropped patch is not built yet.)
 #[tokio::test]
 async fn a_route_policy_attaches_to_each_real_httproute_it_targets() -> Result<()> {
-    let (op, client, ns) = setup("gateway").await?;
+    let sample =
+        |f: &str| std::fs::read_to_string(wasmop_e2e::root().join("samples/policy").join(f));
+    let (op, client, ns) = setup("gateway", &sample("rbac.yaml")?, "patterns-plugin").await?;
     // Another team owns the routes and some of their metadata.
     for r in ["route-a", "route-b", "route-c"] {
         let mut body = route(r);
@@ -489,20 +489,32 @@ async fn a_route_policy_attaches_to_each_real_httproute_it_targets() -> Result<(
         api.patch(r, &PatchParams::apply("web-team"), &Patch::Apply(&body))
             .await?;
     }
-    controller(
+    // The sample as it is: its WasmController, routes and policy.
+    let cp = wasmop_e2e::operator().await?.0;
+    for f in ["wasmcontroller.yaml", "routes.yaml"] {
+        let path = wasmop_e2e::root().join("samples/policy").join(f);
+        wasmop_e2e::kubectl(cp, &["-n", &ns, "apply", "-f", &path.to_string_lossy()])?;
+    }
+    wait_condition(&client, &ns, "route-policy", "Ready", "True", op).await?;
+    wait_for(
         &client,
         &ns,
-        "policies",
-        json!({
-        "parent": {"apiVersion": "policy.example.com/v1alpha1", "kind": "RoutePolicy"},
-        "related": [{"name": "targetRefs", "ref": "$.spec.targetRefs",
-            "allowedKinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]}],
-        "plugin": {"source": {"configMap": {"name": "patterns", "key": "plugin.wasm"}},
-                   "config": {"pattern": "policy"}, "limits": {"timeoutMs": 1000, "memoryMiB": 64}},
-        "serviceAccountName": "platform-team", "resyncPeriod": "1h"}),
+        &policies(),
+        "timeouts",
+        "the sample's routes Accepted",
+        op,
+        |p| {
+            accepted(p).len() == 2
+                && accepted(p)
+                    .iter()
+                    .all(|(_, s, r)| s == "True" && r == "Accepted")
+        },
     )
     .await?;
-    wait_condition(&client, &ns, "policies", "Ready", "True", op).await?;
+    wait_for(&client, &ns, &routes(), "shop", "annotated", op, |o| {
+        o["metadata"]["annotations"]["policy.example.com/timeouts"] == "10s"
+    })
+    .await?;
     apply(
         &client,
         &ns,
@@ -594,8 +606,15 @@ async fn a_route_policy_attaches_to_each_real_httproute_it_targets() -> Result<(
         |p| accepted(p) == vec![ok("route-a"), ok("route-b"), missing.clone()],
     )
     .await?;
-    let (_, reason, message) =
-        wait_condition(&client, &ns, "policies", "ReferencesResolved", "False", op).await?;
+    let (_, reason, message) = wait_condition(
+        &client,
+        &ns,
+        "route-policy",
+        "ReferencesResolved",
+        "False",
+        op,
+    )
+    .await?;
     assert_eq!(reason, "UnresolvedReference");
     assert!(
         message.contains("RoutePolicy p-ab")
@@ -635,7 +654,15 @@ async fn a_route_policy_attaches_to_each_real_httproute_it_targets() -> Result<(
         |p| accepted(p) == vec![ok("route-a"), ok("route-b"), ok("route-d")],
     )
     .await?;
-    wait_condition(&client, &ns, "policies", "ReferencesResolved", "True", op).await?;
+    wait_condition(
+        &client,
+        &ns,
+        "route-policy",
+        "ReferencesResolved",
+        "True",
+        op,
+    )
+    .await?;
 
     Ok(())
 }
