@@ -12,6 +12,7 @@
 //! slow. The smoke mode runs every phase with tiny sizes so the code cannot rot.
 
 mod calls;
+mod check;
 mod e2e;
 mod fixture;
 mod hook;
@@ -201,6 +202,14 @@ async fn main() -> Result<()> {
             if let Some(out) = out {
                 report::write(&out, &text)?;
                 eprintln!("bench: wrote {}", out.display());
+            }
+            let problems = check::problems(&r, &want);
+            if !problems.is_empty() {
+                anyhow::bail!(
+                    "{} figure(s) missing, zero or not a number (a phase measured nothing):\n  {}",
+                    problems.len(),
+                    problems.join("\n  ")
+                );
             }
             Ok(())
         }
