@@ -1,6 +1,6 @@
 //! End to end: one sample per pattern (issue 16), each run the way its README's kubectl
-//! session runs it, with the plugins `make plugins` built from source: a Cluster-API-style
-//! Machine whose contract serves two infrastructure versions (Go), a decorator (TypeScript),
+//! session runs it, with the plugins `make plugins` built from source: Cluster API's real
+//! Machine (v1beta2, the pinned CRD) whose contract serves two infrastructure versions (Go), a decorator (TypeScript),
 //! two controllers with finalizers on one object and a selector-related ConfigMap (Rust), and
 //! `wasmop graph` of them all. Every controller has `resyncPeriod: 1h`, so whatever happens
 //! within seconds happened because a watch said so.
@@ -21,9 +21,9 @@ const REACT: Duration = Duration::from_secs(15);
 
 fn machines() -> ApiResource {
     ApiResource {
-        group: "cluster.example.com".into(),
+        group: "cluster.x-k8s.io".into(),
         version: "v1beta2".into(),
-        api_version: "cluster.example.com/v1beta2".into(),
+        api_version: "cluster.x-k8s.io/v1beta2".into(),
         kind: "Machine".into(),
         plural: "machines".into(),
     }
@@ -41,14 +41,15 @@ fn plugin_file(name: &str) -> String {
 
 static CRDS: OnceCell<()> = OnceCell::const_new();
 
-/// A namespace as the samples' READMEs set it up: the kinds (once), the team's account and
-/// the three plugins as ConfigMaps.
+/// A namespace as the samples' READMEs set it up: the kinds (once: the real Machine CRD and
+/// the infrastructure CRDs), the team's account and the three plugins as ConfigMaps.
 async fn sample_namespace(
     cp: &localcp::ControlPlane,
     client: &Client,
     prefix: &str,
 ) -> Result<String> {
     CRDS.get_or_try_init(|| async {
+        wasmop_e2e::install_real_crds(cp)?;
         kubectl(
             cp,
             &["apply", "--server-side", "-f", &sample("machine/crds.yaml")],
@@ -128,6 +129,40 @@ fn status(m: &DynamicObject) -> &Value {
     &m.data["status"]
 }
 
+/// The Machine's `InfrastructureReady` condition: status, reason, message.
+fn infrastructure_ready(m: &DynamicObject) -> (String, String, String) {
+    let text = |c: &Value, k: &str| c[k].as_str().unwrap_or_default().to_string();
+    status(m)["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "InfrastructureReady"))
+        .map(|c| (text(c, "status"), text(c, "reason"), text(c, "message")))
+        .unwrap_or_default()
+}
+
+/// The data of ConfigMap `name` (empty when it has none), or `None` when it does not exist.
+async fn config_map_data(client: &Client, ns: &str, name: &str) -> Result<Option<Value>> {
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .get_opt(name)
+        .await?
+        .map(|cm| json!(cm.data.unwrap_or_default())))
+}
+
+/// Waits until ConfigMap `name`'s data is `want`.
+async fn wait_data(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    want: Value,
+    op: &Operator,
+) -> Result<()> {
+    eventually(REACT, &format!("ConfigMap {name} data {want}"), || async {
+        Ok((config_map_data(client, ns, name).await? == Some(want.clone())).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(40)))
+}
+
 /// samples/machine: one contract, two infrastructure versions; readiness reacts at once.
 #[tokio::test]
 async fn a_machine_contract_serves_both_infrastructure_versions() -> Result<()> {
@@ -145,8 +180,13 @@ async fn a_machine_contract_serves_both_infrastructure_versions() -> Result<()> 
             status(m)["phase"] == "Provisioning"
         })
         .await?;
-        assert_eq!(status(&got)["infrastructure"], infra);
-        assert_eq!(status(&got)["infrastructureReady"], false);
+        assert_eq!(
+            status(&got)["initialization"]["infrastructureProvisioned"],
+            false
+        );
+        let (ready, reason, message) = infrastructure_ready(&got);
+        assert_eq!((ready.as_str(), reason.as_str()), ("False", "NotReady"));
+        assert!(message.starts_with(&format!("{infra} (")), "{message}");
     }
     let cm = kubectl(
         cp,
@@ -177,14 +217,22 @@ async fn a_machine_contract_serves_both_infrastructure_versions() -> Result<()> 
             r#"{"status":{"ready":true}}"#,
         ],
     )?;
-    let got = wait_machine(&client, &ns, "m-docker", "Running", op, |m| {
-        status(m)["phase"] == "Running"
+    let got = wait_machine(&client, &ns, "m-docker", "Provisioned", op, |m| {
+        status(m)["phase"] == "Provisioned"
     })
     .await?;
     assert_eq!(
-        status(&got)["contractPath"],
-        "$.status.ready",
-        "v1beta1 shape"
+        infrastructure_ready(&got),
+        (
+            "True".into(),
+            "Ready".into(),
+            "DockerMachine/docker-0 (infra.example.com/v1beta1, $.status.ready)".into()
+        ),
+        "v1beta1 shape, read at the version the CRD's contract label names"
+    );
+    assert_eq!(
+        status(&got)["initialization"]["infrastructureProvisioned"],
+        true
     );
     assert_eq!(
         status(&machine(&client, &ns, "m-cloud").await?)["phase"],
@@ -204,13 +252,13 @@ async fn a_machine_contract_serves_both_infrastructure_versions() -> Result<()> 
             r#"{"status":{"initialization":{"provisioned":true}}}"#,
         ],
     )?;
-    let got = wait_machine(&client, &ns, "m-cloud", "Running", op, |m| {
-        status(m)["phase"] == "Running"
+    let got = wait_machine(&client, &ns, "m-cloud", "Provisioned", op, |m| {
+        status(m)["phase"] == "Provisioned"
     })
     .await?;
     assert_eq!(
-        status(&got)["contractPath"],
-        "$.status.initialization.provisioned",
+        infrastructure_ready(&got).2,
+        "CloudMachine/cloud-0 (infra.example.com/v1beta2, $.status.initialization.provisioned)",
         "v1beta2 shape"
     );
 
@@ -438,10 +486,8 @@ async fn a_selected_config_map_re_triggers_exactly_its_parents() -> Result<()> {
         &["-n", &ns, "apply", "-f", &sample("selector/defaults.yaml")],
     )?;
     for m in ["m-docker", "m-cloud"] {
-        wait_machine(&client, &ns, m, "defaults", op, |m| {
-            status(m)["defaults"] == json!({"region": "eu-west", "size": "small"})
-        })
-        .await?;
+        let want = json!({"region": "eu-west", "size": "small"});
+        wait_data(&client, &ns, &format!("{m}-defaults"), want, op).await?;
     }
     let reconciles = async |ns: &str| {
         op.metric(
@@ -473,10 +519,8 @@ async fn a_selected_config_map_re_triggers_exactly_its_parents() -> Result<()> {
         ],
     )?;
     for m in ["m-docker", "m-cloud"] {
-        wait_machine(&client, &ns, m, "the new default", op, |m| {
-            status(m)["defaults"]["size"] == "large"
-        })
-        .await?;
+        let want = json!({"region": "eu-west", "size": "large"});
+        wait_data(&client, &ns, &format!("{m}-defaults"), want, op).await?;
     }
     // A new selected ConfigMap counts too; one that loses the label stops counting.
     kubectl(
@@ -490,9 +534,13 @@ async fn a_selected_config_map_re_triggers_exactly_its_parents() -> Result<()> {
             "cluster.example.com/defaults-",
         ],
     )?;
-    wait_machine(&client, &ns, "m-cloud", "region gone", op, |m| {
-        status(m)["defaults"] == json!({"size": "large"})
-    })
+    wait_data(
+        &client,
+        &ns,
+        "m-cloud-defaults",
+        json!({"size": "large"}),
+        op,
+    )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -501,8 +549,8 @@ async fn a_selected_config_map_re_triggers_exactly_its_parents() -> Result<()> {
         "the other namespace's controller was not reconciled by this namespace's ConfigMaps"
     );
     assert_eq!(
-        status(&machine(&client, &other, "m-docker").await?)["defaults"],
-        json!({}),
+        config_map_data(&client, &other, "m-docker-defaults").await?,
+        Some(json!({})),
         "nor did it see them"
     );
     Ok(())
@@ -531,7 +579,7 @@ async fn graph_draws_every_sample_and_flags_what_couples_them() -> Result<()> {
         &ns,
         &wasmop_e2e::website::wasmcontroller_resource(),
     );
-    for name in ["machine", "decorator", "defaults"] {
+    for name in ["machine", "decorator"] {
         eventually(
             REACT,
             &format!("{name} reports what it patches"),
@@ -563,18 +611,17 @@ async fn graph_draws_every_sample_and_flags_what_couples_them() -> Result<()> {
 
     let kubeconfig = cp.kubeconfig().display().to_string();
     let text = wasmop(&["graph", "-n", &ns, "--kubeconfig", &kubeconfig])?;
-    let machine = "Machine.cluster.example.com";
+    let machine = "Machine.cluster.x-k8s.io";
     for line in [
         format!("namespace {ns}"),
         "  WasmController machine (ServiceAccount machine-team, Ready True Running)".into(),
         "    owns       ConfigMap".into(),
         "    reads      *.infra.example.com via infrastructureRef".into(),
         "                 contract ready: $.status.initialization.provisioned | $.status.ready [boolean]".into(),
-        format!("    patches    {machine}: .status.infrastructure, .status.infrastructureReady, .status.phase, .status.waitingFor"),
+        format!("    patches    {machine}: .status.conditions, .status.initialization.infrastructureProvisioned, .status.phase"),
         format!("    patches    {machine}: .metadata.labels.infra.example.com/provider"),
         "    patches    CloudMachine.infra.example.com: .metadata.labels.cluster.example.com/machine".into(),
         "    reads      ConfigMap via defaults".into(),
-        format!("    patches    {machine}: .status.defaults.region, .status.defaults.size, .status.defaultsFrom"),
         format!("    finalizes  {machine}"),
         format!("  ! {machine} carries finalizers of audit and backup: deleting one waits for all of them"),
     ] {

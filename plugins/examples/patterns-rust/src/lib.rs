@@ -5,10 +5,10 @@
 //!   object go, or, with `config.waitFor` set to an annotation, waits until the object carries
 //!   that annotation (a stand-in for "the backup finished").
 //! - `defaults` (samples/selector): every ConfigMap the `defaults` related entry selects (by
-//!   label, sorted by name) is merged into `status.defaults`; a change to one of them
-//!   re-reconciles the parents at once.
-//!
-//! - `machine` (samples/machine, on the real Cluster API Machine v1beta2): reads its
+//!   label, sorted by name) is merged into the data of the parent's child ConfigMap
+//!   `<parent>-defaults` (a child, not status: the real Cluster API Machine's status schema
+//!   keeps no field of ours); a change to one of them re-reconciles the parents at once.
+//! - `machine` (tests/tests/real_apis.rs, on the real Cluster API Machine v1beta2): reads its
 //!   infrastructure object's readiness through the `infrastructureRef` contract (whichever
 //!   contract version the object implements) and reports it in the Machine's own status
 //!   fields: `initialization.infrastructureProvisioned`, the `InfrastructureReady` condition
@@ -37,7 +37,8 @@ pub fn reconcile(req: &ReconcileRequest) -> Result<ReconcileResponse> {
     }
 }
 
-/// Merges the selected ConfigMaps' data, later names winning, into `status.defaults`.
+/// Merges the selected ConfigMaps' data, later names winning, into the child ConfigMap
+/// `<parent>-defaults`; its annotation `defaults.example.com/from` lists the sources.
 fn defaults(req: &ReconcileRequest) -> ReconcileResponse {
     let mut merged = wasmop_pdk::serde_json::Map::new();
     let mut from = Vec::new();
@@ -46,13 +47,17 @@ fn defaults(req: &ReconcileRequest) -> ReconcileResponse {
         .map(|r| r.objects.as_slice())
         .unwrap_or_default()
     {
-        from.push(cm["metadata"]["name"].clone());
+        from.push(cm["metadata"]["name"].as_str().unwrap_or_default());
         if let Some(data) = cm["data"].as_object() {
             merged.extend(data.clone());
         }
     }
     let mut out = ReconcileResponse::default();
-    out.set_status(json!({ "defaults": merged, "defaultsFrom": from }));
+    out.push_child(
+        wasmop_pdk::child("v1", "ConfigMap", &format!("{}-defaults", req.name()))
+            .annotation("defaults.example.com/from", &from.join(","))
+            .field("data", merged),
+    );
     out
 }
 
@@ -193,7 +198,7 @@ mod tests {
         serde_json::from_value(json!({
             "abiVersion": "1",
             "controller": {"name": "c", "namespace": "team-a", "config": config},
-            "object": {"apiVersion": "cluster.example.com/v1beta2", "kind": "Machine",
+            "object": {"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
                        "metadata": {"name": "m", "annotations": annotations}},
             "children": {}, "related": related, "finalizing": true,
         }))
@@ -281,9 +286,12 @@ mod tests {
             {"metadata": {"name": "a"}, "data": {"region": "eu", "size": "small"}},
             {"metadata": {"name": "b"}, "data": {"size": "large"}}]}});
         let out = reconcile(&request(json!({"pattern": "defaults"}), json!({}), related)).unwrap();
+        assert_eq!(out.status, None);
         assert_eq!(
-            out.status.unwrap(),
-            json!({"defaults": {"region": "eu", "size": "large"}, "defaultsFrom": ["a", "b"]})
+            out.children,
+            [json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "m-defaults", "annotations": {"defaults.example.com/from": "a,b"}},
+                    "data": {"region": "eu", "size": "large"}})]
         );
         assert!(reconcile(&request(json!({}), json!({}), json!({}))).is_err());
     }
