@@ -139,14 +139,17 @@ pub async fn condition(
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), ns, &wasmcontroller_resource());
     let wc = api.get(name).await?;
-    let conds = wc.data["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    Ok(conds.iter().find(|c| c["type"] == type_).map(|c| {
-        let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-        (s("status"), s("reason"), s("message"))
-    }))
+    Ok(condition_of(&wc.data, type_))
+}
+
+/// Condition `type_` of any object (as JSON): status, reason and message.
+pub fn condition_of(object: &Value, type_: &str) -> Option<(String, String, String)> {
+    let c = object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Some((s("status"), s("reason"), s("message")))
 }
 
 /// Waits for the WasmController's `Ready=True` (reason `Running`); on timeout the error

@@ -250,10 +250,8 @@ fn machine(name: &str, kind: &str, infra: &str) -> Value {
 
 fn infra_ready(m: &Value) -> (Value, Value, String) {
     let status = &m["status"];
-    let message = status["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "InfrastructureReady"))
-        .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+    let message = wasmop_e2e::website::condition_of(m, "InfrastructureReady")
+        .map(|(_, _, message)| message)
         .unwrap_or_default();
     (
         status["initialization"]["infrastructureProvisioned"].clone(),

@@ -1,7 +1,8 @@
 //! End to end: one sample per pattern (issue 16), each run the way its README's kubectl
 //! session runs it, with the plugins `make plugins` built from source: Cluster API's real
-//! Machine (v1beta2, the pinned CRD) whose contract serves two infrastructure versions (Go), a decorator (TypeScript),
-//! two controllers with finalizers on one object and a selector-related ConfigMap (Rust), and
+//! Machine (v1beta2, the pinned CRD) whose contract serves two infrastructure versions (Go),
+//! a decorator (TypeScript), two controllers with finalizers on one object and a
+//! selector-related ConfigMap (Rust), and
 //! `wasmop graph` of them all. Every controller has `resyncPeriod: 1h`, so whatever happens
 //! within seconds happened because a watch said so.
 
@@ -13,7 +14,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
-use wasmop_e2e::website::wait_ready;
+use wasmop_e2e::website::{condition_of, wait_ready};
 use wasmop_e2e::{Operator, eventually, kubectl, operator, root};
 
 /// How soon a change must reach the parents.
@@ -131,12 +132,7 @@ fn status(m: &DynamicObject) -> &Value {
 
 /// The Machine's `InfrastructureReady` condition: status, reason, message.
 fn infrastructure_ready(m: &DynamicObject) -> (String, String, String) {
-    let text = |c: &Value, k: &str| c[k].as_str().unwrap_or_default().to_string();
-    status(m)["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "InfrastructureReady"))
-        .map(|c| (text(c, "status"), text(c, "reason"), text(c, "message")))
-        .unwrap_or_default()
+    condition_of(&m.data, "InfrastructureReady").unwrap_or_default()
 }
 
 /// The data of ConfigMap `name` (empty when it has none), or `None` when it does not exist.
