@@ -84,12 +84,6 @@ pub enum Error {
     },
     #[error("{target} is not a declared child or related kind, so it cannot be written")]
     UnknownKind { target: ObjRef },
-    #[error("children[{target}] cannot be sent to the API server: {source}")]
-    BadChild {
-        target: ObjRef,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error(
         "nothing was written: {}. wasmop never takes over an object it did not create: rename the child or remove the other object{}",
         list(conflicts),
@@ -148,7 +142,6 @@ impl Error {
             Error::Related(_) => "related",
             Error::Moved | Error::Finalizer(finalizers::Error::Moved { .. }) => "moved",
             Error::Write { .. } | Error::Finalizer(_) => "write_failed",
-            Error::BadChild { .. } => "invalid_output",
             Error::ChildConflict { .. } => "child_conflict",
             Error::FieldConflict { .. } => "field_conflict",
             Error::WaitingForDependencies { .. } => "waiting_for_dependencies",
@@ -167,7 +160,6 @@ impl Error {
             Error::Related(_) => "RelatedUnavailable",
             Error::Moved | Error::Finalizer(finalizers::Error::Moved { .. }) => "Moved",
             Error::Write { .. } | Error::Finalizer(_) => "WriteRejected",
-            Error::BadChild { .. } => "InvalidResponse",
             Error::ChildConflict { .. } => "ChildConflict",
             Error::FieldConflict { .. } => "FieldConflict",
             Error::WaitingForDependencies { .. } => "WaitingForDependencies",
@@ -196,7 +188,6 @@ impl Error {
                 | Error::InvalidOutput { .. }
                 | Error::Plan(_)
                 | Error::UnknownKind { .. }
-                | Error::BadChild { .. }
         )
     }
 }

@@ -4,27 +4,30 @@
 //!
 //! # Guarantees
 //! - **Never touch what isn't ours.** A child is written only if it does not exist (created
-//!   with a POST, which fails if it exists by then) or is controlled by this parent through
+//!   by an apply that fails if it exists by then, [`NO_OBJECT_HAS_THIS_VERSION`]) or is controlled by this parent through
 //!   this controller (server-side applied with a `metadata.uid` precondition, so an object
 //!   deleted and recreated by someone else meanwhile is refused too). An existing object that
 //!   is not ours fails the whole reconcile with [`Error::ChildConflict`] before anything is
 //!   written, unless whoever may write it annotated it [`ADOPT_ANNOTATION`] with this
 //!   controller's name and nothing else controls it.
-//! - Every write is dry-run before any is made, so a response the API server would refuse
-//!   writes nothing, with one documented exception: a write refused because a child that an
+//! - Every write but the first is dry-run (concurrently) before any is made, and the first is
+//!   made first, so a response the API server would refuse writes nothing, with one documented
+//!   exception: a write refused because a child that an
 //!   earlier write creates is not found yet (a Pod whose ServiceAccount is in the same
 //!   response) lets the writes before it go through and retries in [`DEPENDENCY_RETRY`]
 //!   ([`Error::WaitingForDependencies`]); each round creates at least one more child, so it
 //!   converges.
-//! - A steady state sends nothing: an apply is skipped when the live object is still at the
-//!   resourceVersion our last identical apply produced.
+//! - A steady state sends nothing, and neither does a restart when nothing changed: an apply is
+//!   skipped when the live object is still at the resourceVersion our last identical apply
+//!   produced, or when its managedFields entry of ours and its values show the apply would
+//!   change nothing ([`unchanged`]); drift someone else made is corrected.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
-};
+use futures::StreamExt;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -34,6 +37,7 @@ use wasmop_abi::EventType;
 use crate::cluster::kinds;
 use crate::reconcile::context::{ADOPT_ANNOTATION, Conflict, Error, Result, Runtime};
 use crate::reconcile::plan::{self, Apply, Identity, ObjRef, Owned, Plan};
+use crate::reconcile::unchanged;
 
 /// How soon a parent whose writes wait for a dependency created in the same round is retried.
 pub const DEPENDENCY_RETRY: Duration = Duration::from_secs(1);
@@ -110,7 +114,7 @@ pub(crate) fn ownership(
 
 /// One write of a plan.
 pub(crate) enum Write<'a> {
-    /// A child that does not exist yet: a POST, which fails if it exists by then.
+    /// A child that does not exist yet: an apply that fails if it exists by then.
     Create {
         apply: &'a Apply,
         resource: ApiResource,
@@ -122,15 +126,31 @@ pub(crate) enum Write<'a> {
         resource: ApiResource,
         subresource_status: bool,
         uid: Option<String>,
-        /// The target's resourceVersion as last seen (from the caches); None when unknown
-        /// (a related object), which never counts as unchanged.
-        live_rv: Option<String>,
+        /// The target as last seen (from the caches); None when unknown (a related object),
+        /// which never counts as unchanged.
+        live: Option<Live<'a>>,
         adopt: bool,
     },
     Prune {
         owned: &'a Owned,
         resource: ApiResource,
     },
+}
+
+/// A write's target as last seen: the parent being reconciled, or a child from its cache.
+pub(crate) enum Live<'a> {
+    Parent(&'a DynamicObject),
+    Cached(Arc<DynamicObject>),
+}
+
+impl std::ops::Deref for Live<'_> {
+    type Target = DynamicObject;
+    fn deref(&self) -> &DynamicObject {
+        match self {
+            Live::Parent(parent) => parent,
+            Live::Cached(cached) => cached,
+        }
+    }
 }
 
 /// Executes a plan: decide ownership, skip what is unchanged, dry-run the rest, then write it.
@@ -152,7 +172,7 @@ pub(crate) async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &Plan) -
             resource: patch_resource(rt, apply).await?,
             subresource_status: false,
             uid: None,
-            live_rv: to_parent.then(|| parent.resource_version()).flatten(),
+            live: to_parent.then_some(Live::Parent(parent)),
             adopt: false,
         });
     }
@@ -163,7 +183,7 @@ pub(crate) async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &Plan) -
             resource: rt.parent.resource.clone(),
             subresource_status: true,
             uid: parent.uid(),
-            live_rv: parent.resource_version(),
+            live: Some(Live::Parent(parent)),
             adopt: false,
         });
     }
@@ -172,21 +192,7 @@ pub(crate) async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &Plan) -
         return Ok(());
     }
 
-    // Dry run: the API server checks schema, admission and RBAC without writing anything. A
-    // refusal saying a child created earlier in this round is not found is a dependency on
-    // it: write up to it and retry soon.
-    let mut ready = writes.len();
-    let mut waiting = None;
-    for (i, write) in writes.iter().enumerate() {
-        if let Err(error) = write_one(rt, parent, write, true).await {
-            if !needs_earlier_create(&error, &writes[..i]) {
-                return Err(error);
-            }
-            ready = i;
-            waiting = Some(error);
-            break;
-        }
-    }
+    let (ready, waiting) = dry_run(rt, parent, &writes).await?;
     for write in &writes[..ready] {
         let rv = write_one(rt, parent, write, false).await?;
         record(rt, parent, write, rv).await;
@@ -198,6 +204,40 @@ pub(crate) async fn execute(rt: &Runtime, parent: &DynamicObject, plan: &Plan) -
         });
     }
     publish_events(rt, parent, &plan.events).await
+}
+
+/// How many dry runs of one reconcile are in flight at once.
+const DRY_RUNS_AT_ONCE: usize = 8;
+
+/// The dry run: the API server checks schema, admission and RBAC of every write but the first
+/// without writing anything, all at once. The first needs none: it is written first, so if it
+/// is refused nothing has been written. Returns how many writes may go ahead: all of them, or
+/// those before the first one refused because a child that an earlier write creates is not
+/// found yet (with that refusal); any other refusal is the error and nothing is written.
+async fn dry_run(
+    rt: &Runtime,
+    parent: &DynamicObject,
+    writes: &[Write<'_>],
+) -> Result<(usize, Option<Error>)> {
+    // Collected first: a stream holding the closure would not be `Send` for every lifetime.
+    let dry_runs: Vec<_> = writes
+        .iter()
+        .skip(1)
+        .map(|write| write_one(rt, parent, write, true))
+        .collect();
+    let results: Vec<Result<Option<String>>> = futures::stream::iter(dry_runs)
+        .buffered(DRY_RUNS_AT_ONCE)
+        .collect()
+        .await;
+    for (i, result) in (1..).zip(results) {
+        if let Err(error) = result {
+            if !needs_earlier_create(&error, &writes[..i]) {
+                return Err(error);
+            }
+            return Ok((i, Some(error)));
+        }
+    }
+    Ok((writes.len(), None))
 }
 
 /// Whether a refused dry run says that an object created by one of `earlier` is not found
@@ -223,7 +263,7 @@ fn needs_earlier_create(error: &Error, earlier: &[Write<'_>]) -> bool {
 /// exists and is not ours (then nothing at all is written).
 fn child_writes<'a>(
     rt: &Runtime,
-    parent: &DynamicObject,
+    parent: &'a DynamicObject,
     plan: &'a Plan,
 ) -> Result<Vec<Write<'a>>> {
     let parent_uid = parent.uid().unwrap_or_default();
@@ -249,7 +289,7 @@ fn child_writes<'a>(
             resource,
             subresource_status: false,
             uid: live.uid(),
-            live_rv: live.resource_version(),
+            live: Some(Live::Cached(live.clone())),
             adopt,
         });
     }
@@ -282,27 +322,56 @@ async fn patch_resource(rt: &Runtime, apply: &Apply) -> Result<ApiResource> {
     })
 }
 
-/// An apply whose body is what we last sent and whose target is still at the resourceVersion
-/// that apply produced. Counted in `wasmop_applies_skipped_total`.
+/// An apply that would change nothing, counted in `wasmop_applies_skipped_total`: its body is
+/// what we last sent and its target is still at the resourceVersion that apply produced (this
+/// process's memory), or else the live target's managedFields entry of ours and its values say
+/// so ([`unchanged::apply_is_noop`]: after a restart, or when someone else wrote the object
+/// without touching our fields). The second is remembered like an apply made.
 fn unchanged(rt: &Runtime, parent: &DynamicObject, write: &Write<'_>) -> bool {
     let Write::Apply {
         target,
         apply,
-        live_rv,
+        live: Some(live),
+        subresource_status,
         ..
     } = write
     else {
         return false;
     };
-    let unchanged = live_rv.clone().is_some_and(|rv| {
-        rt.applied
-            .lock()
-            .unwrap()
-            .get(&parent.name_any())
-            .and_then(|by_target| by_target.get(&(apply.target.clone(), *target)))
-            == Some(&(hash(&apply.body), rv))
-    });
+    let Some(rv) = live.resource_version() else {
+        return false;
+    };
+    let key = (apply.target.clone(), *target);
+    let body = hash(&apply.body);
+    let remembered = rt
+        .applied
+        .lock()
+        .unwrap()
+        .get(&parent.name_any())
+        .and_then(|by_target| by_target.get(&key))
+        == Some(&(body, rv.clone()));
+    let unchanged = remembered || {
+        let manager = match *target {
+            "patch" => rt.identity.patch_manager(),
+            _ => rt.identity.field_manager.clone(),
+        };
+        let subresource = subresource_status.then_some("status");
+        unchanged::apply_is_noop(live, &apply.body, &manager, subresource)
+    };
     if unchanged {
+        if !remembered {
+            rt.applied
+                .lock()
+                .unwrap()
+                .entry(parent.name_any())
+                .or_default()
+                .insert(key, (body, rv));
+            if *target == "status" || *target == "patch" {
+                // Ours on the object all the same (`status.dependencies.patches`), as after a
+                // write: a restarted operator that writes nothing still reports them.
+                rt.note_written(&apply.target, &apply.body);
+            }
+        }
         rt.metrics
             .applies_skipped
             .with_label_values(&[rt.label().as_str(), *target])
@@ -489,8 +558,16 @@ async fn apply_one(
     Ok(obj.resource_version())
 }
 
-/// Creates a new child with a POST, which fails if the name is taken by then. A taken name
-/// is looked at: ours (our cache was behind) is applied to, anything else is a conflict.
+/// A `metadata.resourceVersion` no object has (etcd's first write is revision 2), sent with
+/// the server-side apply that creates a child: the API server creates the object when the name
+/// is free and refuses with 409 Conflict when anything has it (an apply to an existing object
+/// must name its resourceVersion, if it names one). So one request creates a child, fails if
+/// the name is taken by then, and leaves the fields under our `Apply` entry, as a POST followed
+/// by a managedFields rewrite did in two.
+const NO_OBJECT_HAS_THIS_VERSION: &str = "1";
+
+/// Creates a new child by server-side apply that fails if the name is taken by then. A taken
+/// name is looked at: ours (our cache was behind) is applied to, anything else is a conflict.
 async fn create(
     rt: &Runtime,
     parent: &DynamicObject,
@@ -505,25 +582,20 @@ async fn create(
         target: apply.target.clone(),
         source,
     };
-    let object: DynamicObject =
-        serde_json::from_value(apply.body.clone()).map_err(|source| Error::BadChild {
-            target: apply.target.clone(),
-            source,
-        })?;
-    let params = PostParams {
-        dry_run,
-        field_manager: Some(rt.identity.field_manager.clone()),
-    };
+    let mut body = apply.body.clone();
+    body["metadata"]["resourceVersion"] = json!(NO_OBJECT_HAS_THIS_VERSION);
+    let mut params = PatchParams::apply(&rt.identity.field_manager).force();
+    params.dry_run = dry_run;
     let action = if dry_run {
         "a dry-run create"
     } else {
         "the create"
     };
-    match api.create(&params, &object).await {
-        Ok(created) if dry_run => Ok(created.resource_version()),
-        Ok(created) => own_fields_by_apply(rt, &api, &created)
-            .await
-            .map_err(|source| write_error("claiming the new child's fields for apply", source)),
+    match api
+        .patch(&apply.target.name, &params, &Patch::Apply(&body))
+        .await
+    {
+        Ok(created) => Ok(created.resource_version()),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let live = api
                 .get_opt(&apply.target.name)
@@ -564,42 +636,6 @@ async fn create(
         }
         Err(source) => Err(write_error(action, source)),
     }
-}
-
-/// A POST records its fields under an `Update` entry of our field manager; later applies
-/// record theirs under `Apply`, and a field the plugin stops returning would stay owned by
-/// the `Update` entry and never be removed. So the new entry is turned into our `Apply`
-/// entry (merge patch with uid and resourceVersion preconditions).
-async fn own_fields_by_apply(
-    rt: &Runtime,
-    api: &Api<DynamicObject>,
-    created: &DynamicObject,
-) -> Result<Option<String>, kube::Error> {
-    let manager = rt.identity.field_manager.as_str();
-    let mut entries = created.metadata.managed_fields.clone().unwrap_or_default();
-    let mut changed = false;
-    for entry in &mut entries {
-        if entry.manager.as_deref() == Some(manager) && entry.operation.as_deref() == Some("Update")
-        {
-            entry.operation = Some("Apply".into());
-            changed = true;
-        }
-    }
-    if !changed {
-        return Ok(created.resource_version());
-    }
-    let patch = json!({"metadata": {
-        "uid": created.uid(), "resourceVersion": created.resource_version(),
-        "managedFields": entries,
-    }});
-    let params = PatchParams {
-        field_manager: Some(manager.into()),
-        ..Default::default()
-    };
-    let patched = api
-        .patch(&created.name_any(), &params, &Patch::Merge(&patch))
-        .await?;
-    Ok(patched.resource_version())
 }
 
 /// Deletes an owned child no longer desired (uid precondition: exactly the one we made).

@@ -8,6 +8,7 @@
 //! - [`request`]: the request a plugin is given, its objects' JSON cached by `resourceVersion`.
 //! - [`plan`]: validates a plugin response into SSA applies and a prune set (pure).
 //! - [`execute`]: writes a plan: ownership of children, dry run, create/apply/prune, events.
+//! - [`unchanged`]: whether an apply would change nothing, from the live object's managedFields.
 //! - [`finalizers`]: this controller's finalizer on parents: add, remove, release them all.
 //! - [`conflicts`]: a field two controllers write, reported on both of them.
 
@@ -20,3 +21,4 @@ pub mod plan;
 pub mod related;
 pub mod request;
 pub mod triggers;
+pub mod unchanged;
