@@ -95,6 +95,9 @@ pub struct CallReport {
     pub runs: usize,
     pub native: Figure,
     pub hook: Figure,
+    /// The hook through the operator's path: the same gather, serialise, parse and plan as a
+    /// plugin call, so the hook is charged what the operator does around it (like for like).
+    pub hook_operator: Breakdown,
     pub plugins: Vec<PluginCalls>,
 }
 
@@ -165,12 +168,18 @@ impl PlanContext {
 /// Per-step durations of one operator-path call.
 struct Steps([Duration; 7]);
 
+/// What the operator's path calls: a loaded plugin, or the loopback HTTP hook.
+enum Callee<'a> {
+    Plugin(&'a Arc<LoadedPlugin>),
+    Hook(&'a mut crate::hook::Client),
+}
+
 /// One reconcile's plugin part, as `controller.rs` `reconcile_parent` does it (steps 3–5),
 /// with the operator's own request functions. `changed`: every object has a resourceVersion
 /// not seen before (nothing cached), as after a write; else as on a resync or when only a
 /// related object changed.
 async fn operator_path(
-    plugin: &Arc<LoadedPlugin>,
+    callee: &mut Callee<'_>,
     ctx: &PlanContext,
     parent: &kube::api::DynamicObject,
     children: &[(kube::api::ApiResource, kube::api::DynamicObject)],
@@ -213,10 +222,16 @@ async fn operator_path(
         false,
     );
     let t2 = Instant::now();
-    let output = plugin.call(RECONCILE_EXPORT, input).await?;
+    let (output, inside) = match callee {
+        Callee::Plugin(plugin) => {
+            let output = plugin.call(RECONCILE_EXPORT, input).await?;
+            (Bytes::from(output.output), output.elapsed)
+        }
+        Callee::Hook(hook) => hook.call(Bytes::from(input)).await?,
+    };
     let t3 = Instant::now();
-    ctx.limits.check_output(output.output.len())?;
-    let response: ReconcileResponse = serde_json::from_slice(&output.output)?;
+    ctx.limits.check_output(output.len())?;
+    let response: ReconcileResponse = serde_json::from_slice(&output)?;
     ctx.limits.check(&response)?;
     let t4 = Instant::now();
     let input = plan::Input {
@@ -234,15 +249,101 @@ async fn operator_path(
     Ok(Steps([
         t1 - t0,
         t2 - t1,
-        call.saturating_sub(output.elapsed),
-        output.elapsed,
+        call.saturating_sub(inside),
+        inside,
         t4 - t3,
         t5 - t4,
         t5 - t0,
     ]))
 }
 
-/// Runs the call benchmarks: `runs` runs of `iterations` calls per variant.
+/// How many slices a run is cut into (see [`run`]).
+const SLICES: usize = 10;
+
+/// One run's samples of one plugin's variants.
+#[derive(Default)]
+struct PluginSamples {
+    bare: Vec<Duration>,
+    no_fuel: Vec<Duration>,
+    operator: [Vec<Duration>; 7],
+    changed: [Vec<Duration>; 7],
+}
+
+impl Breakdown {
+    fn add(&mut self, steps: &mut [Vec<Duration>; 7]) {
+        let [g, s, d, p, r, pl, t] = steps;
+        self.gather.add(g);
+        self.serialise.add(s);
+        self.dispatch.add(d);
+        self.plugin.add(p);
+        self.parse.add(r);
+        self.plan.add(pl);
+        self.total.add(t);
+    }
+}
+
+/// `n` timed calls of the native function after `warm` untimed ones.
+fn native_calls(input: &[u8], warm: usize, n: usize) -> Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..warm + n {
+        let started = Instant::now();
+        let out = wasmop_pdk::call_json(std::hint::black_box(input), website_plugin::reconcile)?;
+        let elapsed = started.elapsed();
+        std::hint::black_box(out);
+        if i >= warm {
+            samples.push(elapsed);
+        }
+    }
+    Ok(samples)
+}
+
+/// `n` timed bare calls of `plugin` after `warm` untimed ones.
+fn bare_calls(plugin: &mut Plugin, input: &[u8], warm: usize, n: usize) -> Result<Vec<Duration>> {
+    // WASI blocks on tokio inside calls: off the async workers, as the operator does.
+    tokio::task::block_in_place(|| {
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..warm + n {
+            let started = Instant::now();
+            let out: Vec<u8> = plugin.call(RECONCILE_EXPORT, input)?;
+            let elapsed = started.elapsed();
+            std::hint::black_box(out);
+            if i >= warm {
+                samples.push(elapsed);
+            }
+        }
+        Ok(samples)
+    })
+}
+
+/// `n` timed calls through the operator's path after `warm` untimed ones, appended to `steps`.
+/// `fresh`: give every object a resourceVersion not seen before (counting on from it).
+#[allow(clippy::too_many_arguments)] // the fixture's parts, as `operator_path` takes them
+async fn path_calls(
+    callee: &mut Callee<'_>,
+    ctx: &PlanContext,
+    parent: &kube::api::DynamicObject,
+    children: &[(kube::api::ApiResource, kube::api::DynamicObject)],
+    mut fresh: Option<&mut usize>,
+    warm: usize,
+    n: usize,
+    steps: &mut [Vec<Duration>; 7],
+) -> Result<()> {
+    for i in 0..warm + n {
+        let changed = fresh.as_deref_mut().map(|f| {
+            *f += 1;
+            *f
+        });
+        let s = operator_path(callee, ctx, parent, children, changed).await?;
+        if i >= warm {
+            for (v, d) in steps.iter_mut().zip(s.0) {
+                v.push(d);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the call benchmarks: `runs` runs of `iterations` calls per variant, interleaved.
 pub async fn run(
     exe: &Path,
     plugins: &[(&'static str, &'static str)],
@@ -296,78 +397,83 @@ pub async fn run(
         loaded_plugins.push((bare, no_fuel, loaded));
     }
 
+    // Interleaved: each run is cut into slices, and every variant takes its share of calls in
+    // each slice, so load that drifts during a run hits every variant alike.
     let warmup = (iterations / 20).max(10);
+    let per_slice = iterations.div_ceil(SLICES).max(1);
+    let mut fresh = 0usize; // a new resourceVersion for every "changed" call
     for _ in 0..runs {
-        // Native.
-        let mut samples = Vec::with_capacity(iterations);
-        for i in 0..warmup + iterations {
-            let started = Instant::now();
-            let out =
-                wasmop_pdk::call_json(std::hint::black_box(&input), website_plugin::reconcile)?;
-            let elapsed = started.elapsed();
-            std::hint::black_box(out);
-            if i >= warmup {
-                samples.push(elapsed);
-            }
-        }
-        report.native.add(&mut samples);
-
-        // HTTP hook.
-        let mut samples = Vec::with_capacity(iterations);
-        for i in 0..warmup + iterations {
-            let (out, elapsed) = hook.call(body.clone()).await?;
-            std::hint::black_box(out);
-            if i >= warmup {
-                samples.push(elapsed);
-            }
-        }
-        report.hook.add(&mut samples);
-
-        for (n, (bare, no_fuel, loaded)) in loaded_plugins.iter_mut().enumerate() {
-            let timed = |plugin: &mut Plugin| {
-                let mut samples = Vec::with_capacity(iterations);
-                tokio::task::block_in_place(|| {
-                    for i in 0..warmup + iterations {
-                        let started = Instant::now();
-                        let out: Vec<u8> = plugin.call(RECONCILE_EXPORT, &input[..])?;
-                        let elapsed = started.elapsed();
-                        std::hint::black_box(out);
-                        if i >= warmup {
-                            samples.push(elapsed);
-                        }
-                    }
-                    anyhow::Ok(samples)
-                })
-            };
-            report.plugins[n].bare.add(&mut timed(bare)?);
-            report.plugins[n].bare_no_fuel.add(&mut timed(no_fuel)?);
-
-            for changed in [false, true] {
-                let mut steps: [Vec<Duration>; 7] = Default::default();
-                for i in 0..warmup + iterations {
-                    let fresh = changed.then_some(i);
-                    let s = operator_path(loaded, &ctx, &parent, &children, fresh).await?;
-                    if i >= warmup {
-                        for (v, d) in steps.iter_mut().zip(s.0) {
-                            v.push(d);
-                        }
-                    }
+        let mut native = Vec::new();
+        let mut hook_bare = Vec::new();
+        let mut hook_path: [Vec<Duration>; 7] = Default::default();
+        let mut plugin_samples: Vec<PluginSamples> = loaded_plugins
+            .iter()
+            .map(|_| PluginSamples::default())
+            .collect();
+        for slice in 0..SLICES {
+            let warm = if slice == 0 { warmup } else { 0 };
+            native.extend(native_calls(&input, warm, per_slice)?);
+            for i in 0..warm + per_slice {
+                let (out, elapsed) = hook.call(body.clone()).await?;
+                std::hint::black_box(out);
+                if i >= warm {
+                    hook_bare.push(elapsed);
                 }
-                let p = &mut report.plugins[n];
-                let b = if changed {
-                    &mut p.changed
-                } else {
-                    &mut p.operator
-                };
-                let [g, s, d, p, r, pl, t] = &mut steps;
-                b.gather.add(g);
-                b.serialise.add(s);
-                b.dispatch.add(d);
-                b.plugin.add(p);
-                b.parse.add(r);
-                b.plan.add(pl);
-                b.total.add(t);
             }
+            let mut callee = Callee::Hook(&mut hook);
+            path_calls(
+                &mut callee,
+                &ctx,
+                &parent,
+                &children,
+                None,
+                warm,
+                per_slice,
+                &mut hook_path,
+            )
+            .await?;
+            for ((bare, no_fuel, loaded), samples) in
+                loaded_plugins.iter_mut().zip(&mut plugin_samples)
+            {
+                samples
+                    .bare
+                    .extend(bare_calls(bare, &input, warm, per_slice)?);
+                samples
+                    .no_fuel
+                    .extend(bare_calls(no_fuel, &input, warm, per_slice)?);
+                let mut callee = Callee::Plugin(&*loaded);
+                path_calls(
+                    &mut callee,
+                    &ctx,
+                    &parent,
+                    &children,
+                    None,
+                    warm,
+                    per_slice,
+                    &mut samples.operator,
+                )
+                .await?;
+                path_calls(
+                    &mut callee,
+                    &ctx,
+                    &parent,
+                    &children,
+                    Some(&mut fresh),
+                    warm,
+                    per_slice,
+                    &mut samples.changed,
+                )
+                .await?;
+            }
+        }
+        report.native.add(&mut native);
+        report.hook.add(&mut hook_bare);
+        report.hook_operator.add(&mut hook_path);
+        for (p, mut samples) in report.plugins.iter_mut().zip(plugin_samples) {
+            p.bare.add(&mut samples.bare);
+            p.bare_no_fuel.add(&mut samples.no_fuel);
+            p.operator.add(&mut samples.operator);
+            p.changed.add(&mut samples.changed);
         }
     }
     drop(server);

@@ -15,6 +15,10 @@ fn figures(r: &Report, want: &dyn Fn(&str) -> bool) -> Vec<(String, f64)> {
             Some(c) => {
                 runs("calls: native p50".into(), &c.native.p50);
                 runs("calls: HTTP hook p50".into(), &c.hook.p50);
+                runs(
+                    "calls: HTTP hook operator path p50".into(),
+                    &c.hook_operator.total.p50,
+                );
                 for p in &c.plugins {
                     let l = p.label;
                     runs(format!("calls: {l} bare p50"), &p.bare.p50);
@@ -74,7 +78,6 @@ fn figures(r: &Report, want: &dyn Fn(&str) -> bool) -> Vec<(String, f64)> {
             }
         }
     }
-    let mut out = out;
     if want("scale") {
         match &r.scale {
             None => out.push(("memory and scale: the phase".into(), f64::NAN)),

@@ -1,9 +1,19 @@
 //! The Website controller written natively with kube-runtime, for the end-to-end comparison:
 //! the same logic (the `website-plugin` crate's `reconcile`, called as a Rust function), the
-//! way a hand-written kube-rs controller does it (controller-rs style): a `Controller` over
-//! Websites owning ConfigMaps and Deployments, children looked up by name in reflector stores,
-//! every desired child and the status server-side-applied on every reconcile, the plugin's
-//! events recorded. One namespace per process.
+//! way a careful hand-written kube-rs controller does it (controller-rs style), doing the work
+//! wasmop does:
+//! - a `Controller` over Websites owning ConfigMaps and Deployments, children looked up by name
+//!   in reflector stores;
+//! - every desired child server-side-applied (forced, as wasmop forces its children) on every
+//!   reconcile, an existing one with its `metadata.uid` as a precondition, as wasmop does;
+//! - owned children no longer desired deleted with a uid precondition (prune);
+//! - the status server-side-applied (not forced), and a generation predicate on the Websites
+//!   so its own status write does not reconcile the parent again;
+//! - the plugin's events recorded.
+//!
+//! What it does not do that wasmop does: dry runs, skipping an apply that would change
+//! nothing, ownership checks of an existing object of a child's name, access reviews. One
+//! namespace per process.
 //!
 //! `/metrics` serves `native_reconciles_total` so the benchmark can count reconciles.
 
@@ -21,11 +31,11 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -147,6 +157,7 @@ async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
         "controller": true, "blockOwnerDeletion": true,
     }]);
     let pp = PatchParams::apply(MANAGER).force();
+    let mut desired = std::collections::BTreeSet::new();
     for mut child in response.children {
         child["metadata"]["namespace"] = json!(ns);
         child["metadata"]["ownerReferences"] = owner.clone();
@@ -155,24 +166,41 @@ async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
             .as_str()
             .unwrap_or_default()
             .to_string();
-        match child["kind"].as_str() {
-            Some("ConfigMap") => {
+        let kind = child["kind"].as_str().unwrap_or_default().to_string();
+        let live_uid = match kind.as_str() {
+            "ConfigMap" => ctx
+                .configmaps
+                .get(&ObjectRef::new(&child_name).within(&ns))
+                .and_then(|c| c.uid()),
+            "Deployment" => ctx
+                .deployments
+                .get(&ObjectRef::new(&child_name).within(&ns))
+                .and_then(|d| d.uid()),
+            other => return Err(Error::Logic(format!("unexpected child kind {other:?}"))),
+        };
+        if let Some(uid) = live_uid {
+            child["metadata"]["uid"] = json!(uid); // only the object we saw
+        }
+        match kind.as_str() {
+            "ConfigMap" => {
                 Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
                     .patch(&child_name, &pp, &Patch::Apply(&child))
                     .await?;
             }
-            Some("Deployment") => {
+            _ => {
                 Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
                     .patch(&child_name, &pp, &Patch::Apply(&child))
                     .await?;
             }
-            other => return Err(Error::Logic(format!("unexpected child kind {other:?}"))),
         }
+        desired.insert((kind, child_name));
     }
+    prune(&ctx, &uid, &desired).await?;
     if let Some(status) = response.status {
-        let body = json!({"apiVersion": "example.com/v1", "kind": "Website", "status": status});
+        let body = json!({"apiVersion": "example.com/v1", "kind": "Website",
+            "metadata": {"uid": uid}, "status": status});
         Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &website())
-            .patch_status(&name, &pp, &Patch::Apply(&body))
+            .patch_status(&name, &PatchParams::apply(MANAGER), &Patch::Apply(&body))
             .await?;
     }
     let reference = parent.object_ref(&website());
@@ -197,6 +225,38 @@ async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
     }
     ctx.reconciles.fetch_add(1, Ordering::Relaxed);
     Ok(Action::requeue(ctx.resync))
+}
+
+/// Deletes the children of the parent `uid` (controller ownerReference) that are not
+/// `desired`, each with a uid precondition.
+async fn prune(
+    ctx: &Ctx,
+    uid: &str,
+    desired: &std::collections::BTreeSet<(String, String)>,
+) -> Result<(), Error> {
+    let gone = |kind: &str, name: &str| !desired.contains(&(kind.to_string(), name.to_string()));
+    let precondition = |uid: Option<String>| DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    for cm in ctx.configmaps.state() {
+        if owned_by(cm.as_ref(), uid) && gone("ConfigMap", &cm.name_any()) {
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), &ctx.namespace)
+                .delete(&cm.name_any(), &precondition(cm.uid()))
+                .await?;
+        }
+    }
+    for d in ctx.deployments.state() {
+        if owned_by(d.as_ref(), uid) && gone("Deployment", &d.name_any()) {
+            Api::<Deployment>::namespaced(ctx.client.clone(), &ctx.namespace)
+                .delete(&d.name_any(), &precondition(d.uid()))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 fn error_policy(_: Arc<DynamicObject>, error: &Error, _: Arc<Ctx>) -> Action {
@@ -284,8 +344,16 @@ async fn main() -> Result<()> {
         resync: Duration::from_secs(args.resync_seconds),
     });
     tokio::spawn(serve_metrics(args.metrics_addr, ctx.clone()));
+    // Its own status writes do not bump the generation: the predicate drops them.
+    let writer = reflector::store::Writer::<DynamicObject>::new(website());
+    let parents = writer.as_reader();
     let websites = Api::<DynamicObject>::namespaced_with(client, &ns, &website());
-    Controller::new_with(websites, watcher::Config::default(), website())
+    let parent_stream = watcher(websites, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream_with(parent_stream, parents, website())
         .owns_stream(cm_stream)
         .owns_stream(deploy_stream)
         .with_config(ControllerConfig::default().concurrency(args.concurrency))
