@@ -315,17 +315,20 @@ fn bare_calls(plugin: &mut Plugin, input: &[u8], warm: usize, n: usize) -> Resul
     })
 }
 
+/// The fixture's parts, as `operator_path` takes them.
+struct Fixture<'a> {
+    ctx: &'a PlanContext,
+    parent: &'a kube::api::DynamicObject,
+    children: &'a [(kube::api::ApiResource, kube::api::DynamicObject)],
+}
+
 /// `n` timed calls through the operator's path after `warm` untimed ones, appended to `steps`.
 /// `fresh`: give every object a resourceVersion not seen before (counting on from it).
-#[allow(clippy::too_many_arguments)] // the fixture's parts, as `operator_path` takes them
 async fn path_calls(
     callee: &mut Callee<'_>,
-    ctx: &PlanContext,
-    parent: &kube::api::DynamicObject,
-    children: &[(kube::api::ApiResource, kube::api::DynamicObject)],
+    fx: &Fixture<'_>,
     mut fresh: Option<&mut usize>,
-    warm: usize,
-    n: usize,
+    (warm, n): (usize, usize),
     steps: &mut [Vec<Duration>; 7],
 ) -> Result<()> {
     for i in 0..warm + n {
@@ -333,7 +336,7 @@ async fn path_calls(
             *f += 1;
             *f
         });
-        let s = operator_path(callee, ctx, parent, children, changed).await?;
+        let s = operator_path(callee, fx.ctx, fx.parent, fx.children, changed).await?;
         if i >= warm {
             for (v, d) in steps.iter_mut().zip(s.0) {
                 v.push(d);
@@ -399,6 +402,11 @@ pub async fn run(
 
     // Interleaved: each run is cut into slices, and every variant takes its share of calls in
     // each slice, so load that drifts during a run hits every variant alike.
+    let fx = Fixture {
+        ctx: &ctx,
+        parent: &parent,
+        children: &children,
+    };
     let warmup = (iterations / 20).max(10);
     let per_slice = iterations.div_ceil(SLICES).max(1);
     let mut fresh = 0usize; // a new resourceVersion for every "changed" call
@@ -421,17 +429,7 @@ pub async fn run(
                 }
             }
             let mut callee = Callee::Hook(&mut hook);
-            path_calls(
-                &mut callee,
-                &ctx,
-                &parent,
-                &children,
-                None,
-                warm,
-                per_slice,
-                &mut hook_path,
-            )
-            .await?;
+            path_calls(&mut callee, &fx, None, (warm, per_slice), &mut hook_path).await?;
             for ((bare, no_fuel, loaded), samples) in
                 loaded_plugins.iter_mut().zip(&mut plugin_samples)
             {
@@ -444,23 +442,17 @@ pub async fn run(
                 let mut callee = Callee::Plugin(&*loaded);
                 path_calls(
                     &mut callee,
-                    &ctx,
-                    &parent,
-                    &children,
+                    &fx,
                     None,
-                    warm,
-                    per_slice,
+                    (warm, per_slice),
                     &mut samples.operator,
                 )
                 .await?;
                 path_calls(
                     &mut callee,
-                    &ctx,
-                    &parent,
-                    &children,
+                    &fx,
                     Some(&mut fresh),
-                    warm,
-                    per_slice,
+                    (warm, per_slice),
                     &mut samples.changed,
                 )
                 .await?;

@@ -194,7 +194,10 @@ impl Report {
                 &n.converge_requests_per_parent,
             );
             rows.push((
-                format!("converge {} parents: requests per parent ≤ native", e.parents),
+                format!(
+                    "converge {} parents: requests per parent ≤ native",
+                    e.parents
+                ),
                 format!(
                     "{} against native {} ({}×)",
                     w.converge_requests_per_parent.show(2),
