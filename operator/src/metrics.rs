@@ -32,7 +32,8 @@ pub struct Metrics {
     pub plugin_failures: IntCounterVec,
     /// Server-side applies sent, by controller and target (`child`, `status`, `patch`, `finalizer`).
     pub applies: IntCounterVec,
-    /// Applies skipped because the object already had exactly what we last applied.
+    /// Applies skipped because they would change nothing: the object is still what our last
+    /// identical apply made, or its managedFields and values show it already has it.
     pub applies_skipped: IntCounterVec,
     pub prunes: IntCounterVec,
     /// Controllers running.
@@ -238,7 +239,7 @@ impl Metrics {
             ),
             applies_skipped: by(
                 "applies_skipped_total",
-                "Applies skipped: object unchanged since our last apply",
+                "Applies skipped: they would change nothing (unchanged since our last apply, or the live object already has it)",
                 &["controller", "target"],
             ),
             prunes: by(

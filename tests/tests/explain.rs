@@ -423,8 +423,9 @@ async fn a_forbidden_write_shows_the_api_servers_message_not_a_debug_dump() -> R
     wait_ready(&client, &ns, "website", op).await?;
     create_website(&client, &ns, "site", json!({"content": "<p>x</p>"})).await?;
 
+    // A new child is created by an apply: the API server names the object and checks `create`.
     let server_says = format!(
-        "Forbidden: configmaps is forbidden: User \"system:serviceaccount:{ns}:website-controller\" cannot create resource \"configmaps\" in API group \"\" in the namespace \"{ns}\""
+        "Forbidden: configmaps \"site-content\" is forbidden: User \"system:serviceaccount:{ns}:website-controller\" cannot create resource \"configmaps\" in API group \"\" in the namespace \"{ns}\""
     );
     let no_dump = |text: &str| {
         !text.contains("Status {") && !text.contains("Some(Failure)") && !text.contains("ApiError")
