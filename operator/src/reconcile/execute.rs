@@ -4,19 +4,19 @@
 //!
 //! # Guarantees
 //! - **Never touch what isn't ours.** A child is written only if it does not exist (created
-//!   by an apply that fails if it exists by then, [`NO_OBJECT_HAS_THIS_VERSION`]) or is controlled by this parent through
-//!   this controller (server-side applied with a `metadata.uid` precondition, so an object
-//!   deleted and recreated by someone else meanwhile is refused too). An existing object that
+//!   by an apply that fails if it exists by then, [`NO_OBJECT_HAS_THIS_VERSION`]) or is
+//!   controlled by this parent through this controller (server-side applied with a
+//!   `metadata.uid` precondition, so an object deleted and recreated by someone else meanwhile
+//!   is refused too). An existing object that
 //!   is not ours fails the whole reconcile with [`Error::ChildConflict`] before anything is
 //!   written, unless whoever may write it annotated it [`ADOPT_ANNOTATION`] with this
 //!   controller's name and nothing else controls it.
 //! - Every write but the first is dry-run (concurrently) before any is made, and the first is
 //!   made first, so a response the API server would refuse writes nothing, with one documented
-//!   exception: a write refused because a child that an
-//!   earlier write creates is not found yet (a Pod whose ServiceAccount is in the same
-//!   response) lets the writes before it go through and retries in [`DEPENDENCY_RETRY`]
-//!   ([`Error::WaitingForDependencies`]); each round creates at least one more child, so it
-//!   converges.
+//!   exception: a write refused because a child that an earlier write creates is not found yet
+//!   (a Pod whose ServiceAccount is in the same response) lets the writes before it go through
+//!   and retries in [`DEPENDENCY_RETRY`] ([`Error::WaitingForDependencies`]); each round
+//!   creates at least one more child, so it converges.
 //! - A steady state sends nothing, and neither does a restart when nothing changed: an apply is
 //!   skipped when the live object is still at the resourceVersion our last identical apply
 //!   produced, or when its managedFields entry of ours and its values show the apply would
@@ -351,12 +351,8 @@ fn unchanged(rt: &Runtime, parent: &DynamicObject, write: &Write<'_>) -> bool {
         .and_then(|by_target| by_target.get(&key))
         == Some(&(body, rv.clone()));
     let unchanged = remembered || {
-        let manager = match *target {
-            "patch" => rt.identity.patch_manager(),
-            _ => rt.identity.field_manager.clone(),
-        };
         let subresource = subresource_status.then_some("status");
-        unchanged::apply_is_noop(live, &apply.body, &manager, subresource)
+        unchanged::apply_is_noop(live, &apply.body, &manager_of(rt, target), subresource)
     };
     if unchanged {
         if !remembered {
@@ -479,20 +475,26 @@ async fn write_one(
             uid,
             ..
         } => {
-            let patch_manager = rt.identity.patch_manager();
+            let manager = manager_of(rt, target);
             let to = Target {
                 force: *target == "child",
                 status: *subresource_status,
                 uid: uid.as_deref(),
-                manager: if *target == "patch" {
-                    &patch_manager
-                } else {
-                    &rt.identity.field_manager
-                },
+                manager: &manager,
             };
             apply_one(rt, apply, resource, &to, dry_run).await
         }
         Write::Prune { owned, resource } => prune(rt, owned, resource, dry_run).await,
+    }
+}
+
+/// The field manager an apply to `target` (`child`, `status`, `patch`) is sent as: children
+/// and status share the controller's, `apply` patches have their own
+/// ([`Identity::patch_manager`]). The write and the check that skips it must agree.
+fn manager_of(rt: &Runtime, target: &str) -> String {
+    match target {
+        "patch" => rt.identity.patch_manager(),
+        _ => rt.identity.field_manager.clone(),
     }
 }
 

@@ -10,9 +10,10 @@
 //!    removed a field we set (drift), or the plugin wants something new.
 //!
 //! Both checks err towards "changed": a list whose length differs (another manager added an
-//! element), a value the API server normalises (`cpu: 0.5` read back as `500m`), or a list key
-//! the server defaults (a port's `protocol`) make the apply go out. That write is a no-op at
-//! the API server, and the in-memory record of it (execute.rs) skips it from then on.
+//! element) or a value the API server normalises (`cpu: 0.5` read back as `500m`) make the
+//! apply go out. That write is a no-op at the API server, and the in-memory record of it
+//! (execute.rs) skips it from then on. A list key the server defaults (a port's `protocol`)
+//! and the body leaves out is matched, not counted as a change.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::DynamicObject;
@@ -20,7 +21,7 @@ use serde_json::{Map, Value};
 
 /// The managedFields entry of an apply by `manager` to `subresource` (`None`: the object
 /// itself), if the live object has one.
-pub(crate) fn entry<'a>(
+fn entry<'a>(
     live: &'a DynamicObject,
     manager: &str,
     subresource: Option<&str>,
@@ -56,10 +57,10 @@ pub(crate) fn apply_is_noop(
     };
     want.iter().all(|(key, value)| match key.as_str() {
         "apiVersion" | "kind" => true, // the entry's apiVersion was compared above
-        "metadata" => serde_json::to_value(&live.metadata)
-            .is_ok_and(|meta| contains(&meta, value, Some("managedFields"))),
+        // A body never carries managedFields (plan.rs strips them), so they are not compared.
+        "metadata" => serde_json::to_value(&live.metadata).is_ok_and(|meta| contains(&meta, value)),
         _ => match live.data.get(key) {
-            Some(have) => contains(have, value, None),
+            Some(have) => contains(have, value),
             None => value.is_null(),
         },
     })
@@ -112,18 +113,15 @@ fn elements_by_key<'a>(
 
 /// Whether `have` (the live value) holds everything in `want` (what the apply sends): maps
 /// key by key (more keys on the live side are others' or defaults), lists element by element
-/// with the same length, anything else equal. `skip`: a top-level key not compared.
-fn contains(have: &Value, want: &Value, skip: Option<&str>) -> bool {
+/// with the same length, anything else equal.
+fn contains(have: &Value, want: &Value) -> bool {
     match (have, want) {
-        (Value::Object(have), Value::Object(want)) => want.iter().all(|(k, w)| {
-            Some(k.as_str()) == skip
-                || match have.get(k) {
-                    Some(h) => contains(h, w, None),
-                    None => w.is_null(),
-                }
+        (Value::Object(have), Value::Object(want)) => want.iter().all(|(k, w)| match have.get(k) {
+            Some(h) => contains(h, w),
+            None => w.is_null(),
         }),
         (Value::Array(have), Value::Array(want)) => {
-            have.len() == want.len() && have.iter().zip(want).all(|(h, w)| contains(h, w, None))
+            have.len() == want.len() && have.iter().zip(want).all(|(h, w)| contains(h, w))
         }
         _ => same(have, want),
     }
