@@ -180,11 +180,14 @@ enum Callee<'a> {
 /// related object changed.
 async fn operator_path(
     callee: &mut Callee<'_>,
-    ctx: &PlanContext,
-    parent: &kube::api::DynamicObject,
-    children: &[(kube::api::ApiResource, kube::api::DynamicObject)],
+    fx: &Fixture<'_>,
     changed: Option<usize>,
 ) -> Result<Steps> {
+    let Fixture {
+        ctx,
+        parent,
+        children,
+    } = fx;
     let bump = |obj: &kube::api::DynamicObject| {
         let mut obj = obj.clone();
         if let Some(i) = changed {
@@ -315,7 +318,7 @@ fn bare_calls(plugin: &mut Plugin, input: &[u8], warm: usize, n: usize) -> Resul
     })
 }
 
-/// The fixture's parts, as `operator_path` takes them.
+/// The fixture's parts `operator_path` works on.
 struct Fixture<'a> {
     ctx: &'a PlanContext,
     parent: &'a kube::api::DynamicObject,
@@ -336,7 +339,7 @@ async fn path_calls(
             *f += 1;
             *f
         });
-        let s = operator_path(callee, fx.ctx, fx.parent, fx.children, changed).await?;
+        let s = operator_path(callee, fx, changed).await?;
         if i >= warm {
             for (v, d) in steps.iter_mut().zip(s.0) {
                 v.push(d);

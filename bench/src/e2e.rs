@@ -456,16 +456,26 @@ async fn wait_reconciled(
     }
 }
 
+/// Whether a request key (`VERB resource[/subresource][ (dry run)]`, also with the
+/// [`SECONDS`] prefix) is a write.
+pub fn is_write(key: &str) -> bool {
+    let key = key.strip_prefix(SECONDS).unwrap_or(key);
+    matches!(
+        key.split_whitespace().next(),
+        Some("APPLY" | "POST" | "PATCH" | "PUT" | "DELETE")
+    )
+}
+
 /// Writes (dry runs included) to Websites, their status, ConfigMaps and Deployments in `d`.
 fn object_writes(d: &Requests) -> f64 {
     d.iter()
         .filter(|(k, _)| {
-            let mut words = k.split_whitespace();
-            let verb = words.next().unwrap_or_default();
-            let resource = words.next().unwrap_or_default();
-            let resource = resource.split('/').next().unwrap_or_default();
-            matches!(verb, "APPLY" | "POST" | "PATCH" | "PUT" | "DELETE")
-                && matches!(resource, "websites" | "configmaps" | "deployments")
+            let resource = k.split_whitespace().nth(1).unwrap_or_default();
+            is_write(k)
+                && matches!(
+                    resource.split('/').next(),
+                    Some("websites" | "configmaps" | "deployments")
+                )
         })
         .map(|(_, v)| v)
         .sum()

@@ -724,11 +724,7 @@ fn e2e_md(s: &mut String, e: &E2eReport) {
         r.iter()
             .filter(|(k, _)| k.starts_with(crate::e2e::SECONDS) == seconds)
             .filter(|(k, _)| k.ends_with("(dry run)") == dry && !k.ends_with("POST websites"))
-            .filter(|(k, _)| {
-                ["POST", "PATCH", "APPLY", "PUT", "DELETE"]
-                    .iter()
-                    .any(|v| k.contains(v))
-            })
+            .filter(|(k, _)| crate::e2e::is_write(k))
             .map(|(_, v)| v)
             .sum::<f64>()
             / e.parents as f64
