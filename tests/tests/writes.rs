@@ -78,6 +78,17 @@ fn shown(writes: &[Write]) -> String {
         .join("\n  ")
 }
 
+/// Every site's resourceVersion, by name.
+async fn site_versions(cluster: &Cluster, ns: &str) -> Result<BTreeMap<String, String>> {
+    let mut versions = BTreeMap::new();
+    for i in 0..SITES {
+        let name = format!("site{i}");
+        let site = get_website(&cluster.client, ns, &name).await?;
+        versions.insert(name, site.metadata.resource_version.unwrap_or_default());
+    }
+    Ok(versions)
+}
+
 /// Waits until every site shows both children in its status and no write came for 3 s.
 async fn converged(cluster: &Cluster, ns: &str) -> Result<usize> {
     for i in 0..SITES {
@@ -161,12 +172,7 @@ async fn new_children_take_one_apply_each_and_a_restart_writes_only_what_drifted
             &Patch::Merge(json!({"data": {"index.html": "<p>edited</p>"}})),
         )
         .await?;
-    let mut before = BTreeMap::new();
-    for i in 0..SITES {
-        let name = format!("site{i}");
-        let site = get_website(&cluster.client, &ns, &name).await?;
-        before.insert(name, site.metadata.resource_version.unwrap_or_default());
-    }
+    let before = site_versions(&cluster, &ns).await?;
 
     // A new process: it reconciles every parent, puts site1's page back, and writes nothing else.
     op.spawn()?;
@@ -209,12 +215,7 @@ async fn new_children_take_one_apply_each_and_a_restart_writes_only_what_drifted
         shown(&after_restart),
         op.log_tail(30)
     );
-    let mut after = BTreeMap::new();
-    for i in 0..SITES {
-        let name = format!("site{i}");
-        let site = get_website(&cluster.client, &ns, &name).await?;
-        after.insert(name, site.metadata.resource_version.unwrap_or_default());
-    }
+    let after = site_versions(&cluster, &ns).await?;
     assert_eq!(before, after, "no parent was written");
     let skipped = op
         .metric(
