@@ -61,8 +61,8 @@ pub struct Breakdown {
     pub gather: Figure,
     /// `request::encode`: the request written around the objects' JSON.
     pub serialise: Figure,
-    /// Waiting for a call slot, the hop to the blocking pool, taking a lane and (every
-    /// 256th call) starting a fresh instance: `LoadedPlugin::call` minus the time in the plugin.
+    /// Waiting for a call slot, `block_in_place` (the worker's other tasks handed to another
+    /// thread), taking a lane and (every 256th call) starting a fresh instance: `LoadedPlugin::call` minus the time in the plugin.
     pub dispatch: Figure,
     /// Time inside the plugin as `LoadedPlugin::call` reports it.
     pub plugin: Figure,

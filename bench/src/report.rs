@@ -345,8 +345,9 @@ impl Report {
              seen before, as on a resync or a related object's change; else `kinds::clean` and \
              serialising, the *changed* rows, as after any write to the parent or a child); \
              *serialise* = `request::encode`, the request written around those texts; \
-             *dispatch* = `LoadedPlugin::call` minus the time in the plugin (a call slot, the hop \
-             to the blocking pool and back, a lane, and on every 256th call a fresh instance); \
+             *dispatch* = `LoadedPlugin::call` minus the time in the plugin (a call slot, \
+             `block_in_place` handing the async worker's other tasks to another thread, a lane, \
+             and on every 256th call a fresh instance); \
              *plugin* = inside `Plugin::call`; *parse* = size check, `serde_json::from_slice`, \
              response limits; *plan* = `plan::plan`.\n"
         );

@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use serde_json::json;
 use wasmop_e2e::website::{
     WAIT, apply_controller, condition, create_website, put_plugin, team_namespace, wait_ready,
+    website_resource,
 };
 use wasmop_e2e::{eventually, operator, plugin};
 
@@ -176,5 +177,60 @@ async fn a_looping_plugin_never_times_out_another_controllers_calls() -> Result<
         healthy_failures, 0.0,
         "no call of the healthy controller was interrupted"
     );
+    Ok(())
+}
+
+/// A plugin call blocks the task it runs in (`plugin/host.rs`, "Where a call runs"); every
+/// reconcile is a task of its own (kube-runtime's `Controller::run` spawns them), so a parent
+/// whose call loops until its timeout does not hold up the same controller's other parents,
+/// their watches or their writes. The loop is
+/// still running (nothing has timed out yet, a call is in flight) when the healthy parent's
+/// child is already written; a controller whose reconciles shared one blocked task would write
+/// it only after the timeout.
+#[tokio::test]
+async fn a_looping_call_holds_up_only_its_own_parent() -> Result<()> {
+    let (cp, op) = operator().await?;
+    let client = cp.client().await?;
+    let ns = team_namespace(cp, &client, "own-task").await?;
+    put_plugin(&client, &ns, "misbehave", plugin("misbehave")).await?;
+    // The timeout leaves minutes of headroom over a healthy reconcile, even under `make test`.
+    let spec = json!({"plugin": {"source": {"configMap": {"name": "misbehave", "key": "plugin.wasm"}},
+                                 "limits": {"timeoutMs": 60_000, "memoryMiB": 32}},
+                      "maxConcurrentReconciles": 2});
+    apply_controller(&client, &ns, "one", "misbehave", json!({}), spec).await?;
+    wait_ready(&client, &ns, "one", op).await?;
+    let websites: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &website_resource());
+    let stuck: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Website",
+        "metadata": {"name": "stuck", "annotations": {"misbehave.example.com/mode": "loop"}},
+        "spec": {}
+    }))?;
+    websites.create(&PostParams::default(), &stuck).await?;
+    let label = format!("{ns}/one");
+    // The plugin logs this just before it loops (in the reconcile's span, naming the controller).
+    eventually(WAIT, "the looping call to be running", || async {
+        let log = op.log_tail(100_000);
+        Ok(log
+            .lines()
+            .any(|l| l.contains("looping stuck") && l.contains(&label))
+            .then_some(()))
+    })
+    .await?;
+    create_website(&client, &ns, "quick", json!({})).await?;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    eventually(WAIT, "the healthy parent's marker", || async {
+        Ok(configmaps.get_opt("quick-marker").await?.map(|_| ()))
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(20)))?;
+    let timeouts = op
+        .metric(
+            "wasmop_plugin_failures_total",
+            &[("controller", &label), ("reason", "timeout")],
+        )
+        .await?;
+    assert_eq!(timeouts, 0.0, "the looping call is still running");
+    assert!(configmaps.get_opt("stuck-marker").await?.is_none());
     Ok(())
 }

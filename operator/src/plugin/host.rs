@@ -2,8 +2,8 @@
 //!
 //! [`Host::load`] compiles a plugin for one controller and reserves that controller's share of
 //! the operator-wide [`Budget`]; [`LoadedPlugin::call`] waits for one of the operator-wide call
-//! slots, then runs the export on one of the plugin's *lanes* on tokio's blocking pool (never on
-//! the async worker threads).
+//! slots, then runs the export on one of the plugin's *lanes*, on the calling thread once tokio
+//! has handed that worker's other tasks to another thread (see "Where a call runs").
 //!
 //! # Guarantees
 //! - Limits: linear memory is capped (`memoryMiB`), each call has a wall-clock deadline
@@ -60,6 +60,23 @@
 //! lane's *next* call within microseconds of its start. A call interrupted before its own
 //! deadline cannot be its own timeout, so it is run again once on a fresh instance.
 //!
+//! # Where a call runs
+//! On a multi-thread runtime a call runs on the thread of the task that makes it, inside
+//! `tokio::task::block_in_place`: the worker's core (its queue of other tasks) moves to another
+//! thread first, so the runtime keeps running and only the calling task waits. This saves the
+//! two thread wake-ups of a hop to the blocking pool and back, which measured 40–75 µs per call
+//! on a 2-vCPU VM (BENCHMARKS.md, *dispatch*), a quarter of a Rust plugin call; inline, the
+//! same step measured ~2 µs. A dedicated thread per lane was tried as well: 80–120 µs against
+//! the pool's 35–60 µs in the same runs, so it was dropped. A task is
+//! blocked for its call, so callers that run calls concurrently make them from separate tasks:
+//! kube-runtime's `Controller::run` spawns every reconcile as a task of its own (aborted when
+//! dropped; `kube-runtime-5.0.0/src/controller/mod.rs`, `CancelableJoinHandle::spawn`), so a
+//! long call holds up its own parent only, not the controller's other reconciles or watches
+//! (`tests/tests/isolation.rs` pins that). On a
+//! current-thread runtime (where `block_in_place` is not allowed) a call goes to the blocking
+//! pool, as all calls did before. A panic inside a call is caught either way: the call fails
+//! with [`Error::Internal`] and its instance is discarded.
+//!
 //! # Start-up is bounded by fuel
 //! Extism instantiates a module, runs its start function and its initialisers (`_initialize`,
 //! also from `Linker::module` while linking a reactor) before it starts the call's timer
@@ -73,8 +90,8 @@
 //! timeout.
 //!
 //! # Scheduling
-//! [`Budget::max_calls`] slots bound the calls running at once (and so the blocking threads and
-//! cores plugins occupy). A controller holds at most `instances` of them. A call waiting for a
+//! [`Budget::max_calls`] slots bound the calls running at once (and so the threads and cores
+//! plugins occupy). A controller holds at most `instances` of them. A call waiting for a
 //! slot queues in its controller's FIFO queue, and freed slots go **round-robin between
 //! controllers** that have a waiting call, so a controller's share under contention does not
 //! grow with the number of calls it queues. And **a controller's first slot is kept free for
@@ -869,12 +886,13 @@ impl LoadedPlugin {
     }
 
     /// Calls `export` with `input` once a call slot is free, on one of this plugin's lanes, on
-    /// the blocking pool, inside the current tracing span (so plugin logs carry its fields).
-    /// Dropping the future while the call runs lets the call finish (within its timeout) and
-    /// holds its slot until then.
+    /// the calling thread (module docs, "Where a call runs"): it blocks the calling task, not the
+    /// runtime, so concurrent calls are made from separate tasks. Plugin logs are emitted inside
+    /// the current tracing span.
     ///
     /// # Errors
-    /// Every failure of the call, classified; the instance is then discarded.
+    /// Every failure of the call, classified; the instance is then discarded. A panic inside
+    /// the call is [`Error::Internal`].
     pub async fn call(self: &Arc<Self>, export: &str, input: Vec<u8>) -> Result<CallOutput> {
         if !self.exports.contains(export) {
             return Err(Error::MissingExport {
@@ -884,17 +902,33 @@ impl LoadedPlugin {
         let queued = Instant::now();
         let slot = self.share.shared.acquire(self.share.id).await;
         let waited = queued.elapsed();
-        let this = self.clone();
-        let export = export.to_string();
-        let span = tracing::Span::current();
-        let mut output = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            span.in_scope(|| this.call_on_a_lane(&export, &input))
-        })
-        .await
-        .map_err(|e| Error::Internal {
-            message: format!("plugin call panicked: {e}"),
-        })??;
+        let mut output = if on_a_multi_thread_runtime() {
+            tokio::task::block_in_place(|| {
+                let _slot = slot;
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.call_on_a_lane(export, &input)
+                }))
+                .unwrap_or_else(|panic| {
+                    Err(Error::Internal {
+                        message: format!("plugin call panicked: {}", panic_text(panic.as_ref())),
+                    })
+                })
+            })?
+        } else {
+            // Dropping this future while the call runs lets the call finish (within its
+            // timeout) and holds its slot until then.
+            let this = self.clone();
+            let export = export.to_string();
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                span.in_scope(|| this.call_on_a_lane(&export, &input))
+            })
+            .await
+            .map_err(|e| Error::Internal {
+                message: format!("plugin call panicked: {e}"),
+            })??
+        };
         output.waited = waited;
         Ok(output)
     }
@@ -1049,6 +1083,22 @@ fn classify(limits: &Limits, err: extism::Error, code: i32) -> Error {
             message: message.to_string(),
         },
     }
+}
+
+/// Whether this thread runs a task of a multi-thread tokio runtime (where `block_in_place` may
+/// hand the worker's other tasks to another thread).
+fn on_a_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Locks `m`, ignoring poisoning (every critical section here leaves consistent state).

@@ -3,7 +3,7 @@
 //! | mode         | what it does                                                        |
 //! |--------------|---------------------------------------------------------------------|
 //! | `marker` (default) | well-behaved: one ConfigMap `<parent>-marker` with `data.mode`; logs `marking <parent>` |
-//! | `loop`       | never returns (the host's timeout must stop it)                      |
+//! | `loop`       | logs `looping <parent>`, then never returns (the host's timeout must stop it) |
 //! | `oom`        | allocates without end (the host's memory cap must stop it)           |
 //! | `garbage`    | returns bytes that are not JSON                                      |
 //! | `undeclared` | returns a marker ConfigMap *and* a Secret (an undeclared kind)       |
@@ -15,6 +15,9 @@
 //! | `churn`      | a status that changes on every write (the parent's resourceVersion): a hot loop |
 //! | `many`       | `config.count` ConfigMaps `<parent>-<i>`                              |
 //! | `contract`   | status `ready`/`matched` = `related.infra.contract.ready`/`.matched.ready`; logs `contract of <parent>` |
+//!
+//! A parent annotated `misbehave.example.com/mode` behaves as that mode instead, so one
+//! controller can have a looping parent beside healthy ones.
 //!
 //! `finalize` (for `spec.plugin.finalize`) follows `controller.config.finalize`: `done`
 //! (default, `finalized: true`), `never` (`finalized: false`) or `fail` (an error).
@@ -33,12 +36,15 @@ fn marker(req: &ReconcileRequest) -> serde_json::Value {
 
 #[plugin_fn]
 pub fn reconcile(Json(req): Json<ReconcileRequest>) -> FnResult<Vec<u8>> {
-    let mode = req.controller.config["mode"]
+    let mode = req.object["metadata"]["annotations"]["misbehave.example.com/mode"]
         .as_str()
+        .or(req.controller.config["mode"].as_str())
         .unwrap_or("marker")
         .to_string();
     let response = match mode.as_str() {
         "loop" => {
+            let name = req.object["metadata"]["name"].as_str().unwrap_or_default();
+            extism_pdk::info!("looping {name}");
             let mut x: u64 = 0;
             loop {
                 x = std::hint::black_box(x.wrapping_add(1));
