@@ -454,8 +454,9 @@ struct PluginBudgetArgs {
     #[arg(long, env = "WASMOP_PLUGIN_MEMORY_BUDGET_MIB", default_value_t = Budget::DEFAULT_MEMORY_MIB, value_parser = clap::value_parser!(u64).range(1..))]
     plugin_memory_budget_mib: u64,
     /// Plugin calls running at once, all controllers together, shared round-robin between
-    /// controllers (default: twice the CPUs available, at least 4).
-    #[arg(long, env = "WASMOP_MAX_CONCURRENT_PLUGIN_CALLS", default_value_t = Budget::default_max_calls(), value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    /// controllers (default: twice the CPUs available, at least 4; at most 256: each running
+    /// call holds a thread of tokio's blocking pool of 512).
+    #[arg(long, env = "WASMOP_MAX_CONCURRENT_PLUGIN_CALLS", default_value_t = Budget::default_max_calls(), value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=Budget::MAX_CALLS as u64))]
     max_concurrent_plugin_calls: usize,
 }
 
@@ -711,5 +712,22 @@ fn exit_with<E: std::fmt::Display>(result: Result<bool, E>) -> ! {
             eprintln!("error: {e}");
             std::process::exit(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn plugin_call_slots_are_capped_below_the_blocking_pool() {
+        let parse =
+            |n: &str| Cli::try_parse_from(["wasmop", "run", "--max-concurrent-plugin-calls", n]);
+        assert!(parse("256").is_ok());
+        let err = parse("257").err().expect("over the cap").to_string();
+        assert!(err.contains("--max-concurrent-plugin-calls"), "{err}");
+        assert!(err.contains("1..=256"), "{err}");
     }
 }

@@ -231,6 +231,11 @@ pub struct Budget {
 impl Budget {
     pub const DEFAULT_MEMORY_MIB: u64 = 4096;
     pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(60);
+    /// The most `max_calls` the operator accepts. A running call holds a thread (its own, its
+    /// async worker's core having moved to another one: "Where a call runs"), and those threads
+    /// come from tokio's blocking pool of 512; at most half of it leaves room for the handed-over
+    /// cores and the pool's other users, so the runtime never waits for a thread.
+    pub const MAX_CALLS: usize = 256;
 
     /// Twice the CPUs available to the process (cgroup quotas included), at least 4: wasm calls
     /// are pure computation, so more slots than that only time-slice the same cores.
@@ -238,7 +243,7 @@ impl Budget {
         std::thread::available_parallelism()
             .map_or(2, std::num::NonZero::get)
             .saturating_mul(2)
-            .max(4)
+            .clamp(4, Self::MAX_CALLS)
     }
 }
 
