@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use wasmop_e2e::website::*;
 use wasmop_e2e::{eventually, operator, plugin};
@@ -133,6 +133,88 @@ async fn explain_names_a_missing_contract_field_and_a_missing_related_object() -
         .ok_or_else(|| anyhow!("no Blocking: list: {out}"))?;
     assert!(
         blocking.contains("related infra: ConfigMap/absent (v1) does not exist"),
+        "{out}"
+    );
+    Ok(())
+}
+
+/// A field this controller's last apply set and the plugin no longer returns is a difference:
+/// the next apply removes it (read from the object's managedFields, as the operator decides in
+/// `reconcile/unchanged.rs`). The ConfigMap is written here as the controller's field manager
+/// would have left it, plus a label; the controller's account may not write ConfigMaps, so the
+/// operator cannot remove the label before explain looks.
+#[tokio::test]
+async fn explain_lists_a_field_the_next_apply_removes() -> Result<()> {
+    let (cp, op) = setup().await?;
+    let client = cp.client().await?;
+    let rbac = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: no-configmaps }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: { name: no-configmaps }
+rules:
+  - { apiGroups: [example.com], resources: [websites], verbs: [get, list, watch] }
+  - { apiGroups: [example.com], resources: [websites/status], verbs: [patch] }
+  - { apiGroups: [""], resources: [configmaps], verbs: [get, list, watch] }
+  - { apiGroups: [apps], resources: [deployments], verbs: [get, list, watch, create, patch, delete] }
+  - { apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch] }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: { name: no-configmaps }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: no-configmaps }
+subjects: [ { kind: ServiceAccount, name: no-configmaps } ]
+"#;
+    let ns = namespace_with(cp, &client, "explain-removed", rbac).await?;
+    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
+    apply_controller(
+        &client,
+        &ns,
+        "website",
+        "website-plugin",
+        json!({"replicas": 2}),
+        json!({"serviceAccountName": "no-configmaps"}),
+    )
+    .await?;
+    wait_ready(&client, &ns, "website", op).await?;
+    create_website(&client, &ns, "site", json!({"content": "<p>x</p>"})).await?;
+    let uid = get_website(&client, &ns, "site")
+        .await?
+        .metadata
+        .uid
+        .ok_or_else(|| anyhow!("the Website has no uid"))?;
+    let child = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {
+            "name": "site-content",
+            "labels": {"wasmop.dev/controller": "website", "app.kubernetes.io/name": "site",
+                       "app.kubernetes.io/managed-by": "wasmop", "stale": "yes"},
+            "ownerReferences": [{"apiVersion": "example.com/v1", "kind": "Website", "name": "site",
+                                 "uid": uid, "controller": true, "blockOwnerDeletion": true}],
+        },
+        "data": {"index.html": "<p>x</p>"},
+    });
+    let manager = format!("wasmop.dev/{ns}.website");
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .patch(
+            "site-content",
+            &PatchParams::apply(&manager).force(),
+            &Patch::Apply(&child),
+        )
+        .await?;
+
+    let out = explain(cp, "Website/site", &ns).await?;
+    assert!(
+        out.stdout.contains(
+            "ConfigMap/site-content: metadata.labels.stale: set by this controller before, no longer returned: the apply removes it"
+        ),
+        "{out}"
+    );
+    assert!(
+        !out.stdout.contains("a reconcile now writes nothing"),
         "{out}"
     );
     Ok(())

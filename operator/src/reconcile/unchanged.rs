@@ -22,11 +22,11 @@ use serde_json::{Map, Value};
 /// The managedFields entry of an apply by `manager` to `subresource` (`None`: the object
 /// itself), if the live object has one.
 fn entry<'a>(
-    live: &'a DynamicObject,
+    managed: &'a [ManagedFieldsEntry],
     manager: &str,
     subresource: Option<&str>,
 ) -> Option<&'a ManagedFieldsEntry> {
-    live.metadata.managed_fields.iter().flatten().find(|e| {
+    managed.iter().find(|e| {
         e.manager.as_deref() == Some(manager)
             && e.operation.as_deref() == Some("Apply")
             && e.subresource.as_deref().filter(|s| !s.is_empty()) == subresource
@@ -40,7 +40,8 @@ pub(crate) fn apply_is_noop(
     manager: &str,
     subresource: Option<&str>,
 ) -> bool {
-    let Some(entry) = entry(live, manager, subresource) else {
+    let managed = live.metadata.managed_fields.as_deref().unwrap_or_default();
+    let Some(entry) = entry(managed, manager, subresource) else {
         return false; // never applied by us (or created another way): apply
     };
     let Some(fields) = &entry.fields_v1 else {
@@ -66,36 +67,109 @@ pub(crate) fn apply_is_noop(
     })
 }
 
-/// Whether every path of the fieldsV1 set `fields` exists in `body`: `f:<name>` a map key,
-/// `k:{...}` a list element with those key fields, `v:<json>` a set element, `i:<n>` an
-/// index, `.` the node itself.
+/// The fields `manager` set by its last apply (to `subresource`) that `body` leaves out, so
+/// applying `body` removes them (or hands them to another manager that also sets them), as
+/// paths (`metadata.labels["a/b"]`, `spec.ports[port=80]`). `managed`: the live object's
+/// managedFields. Empty when `manager` never applied, or applied another apiVersion (the API
+/// server converts between versions; this does not).
+pub(crate) fn removed_fields(
+    managed: &[ManagedFieldsEntry],
+    body: &Value,
+    manager: &str,
+    subresource: Option<&str>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(entry) = entry(managed, manager, subresource)
+        && entry.api_version.as_deref() == body["apiVersion"].as_str()
+        && let Some(fields) = &entry.fields_v1
+    {
+        missing(&fields.0, body, "", &mut out);
+    }
+    out
+}
+
+/// Whether every path of the fieldsV1 set `fields` exists in `body`.
 fn owned_within(fields: &Value, body: &Value) -> bool {
+    let mut out = Vec::new();
+    missing(fields, body, "", &mut out);
+    out.is_empty()
+}
+
+/// Adds to `out` each path of the fieldsV1 set `fields` (under `path`) that `body` lacks:
+/// `f:<name>` a map key, `k:{...}` a list element with those key fields, `v:<json>` a set
+/// element, `i:<n>` an index, `.` the node itself. A path element this version does not know
+/// counts as missing (so the apply goes out).
+fn missing(fields: &Value, body: &Value, path: &str, out: &mut Vec<String>) {
     let Some(fields) = fields.as_object() else {
-        return true; // a leaf
+        return; // a leaf
     };
-    fields.iter().all(|(path, sub)| {
-        if path == "." {
-            return true;
+    for (element, sub) in fields {
+        if element == "." {
+            continue;
         }
-        if let Some(key) = path.strip_prefix("k:") {
+        if let Some(key) = element.strip_prefix("k:") {
             let Ok(key) = serde_json::from_str::<Map<String, Value>>(key) else {
-                return false;
+                out.push(format!("{path}[{key}]"));
+                continue;
             };
-            return elements_by_key(body, &key).any(|e| owned_within(sub, e));
+            let shown = key
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let here = format!("{path}[{shown}]");
+            // Some element with these keys must hold everything below (the first that does).
+            let mut best: Option<Vec<String>> = None;
+            for e in elements_by_key(body, &key) {
+                let mut below = Vec::new();
+                missing(sub, e, &here, &mut below);
+                if best.as_ref().is_none_or(|b| below.len() < b.len()) {
+                    best = Some(below);
+                }
+            }
+            match best {
+                Some(below) => out.extend(below),
+                None => out.push(here),
+            }
+            continue;
         }
-        let found = if let Some(name) = path.strip_prefix("f:") {
-            body.get(name)
-        } else if let Some(value) = path.strip_prefix("v:") {
-            serde_json::from_str::<Value>(value)
+        let (found, here) = if let Some(name) = element.strip_prefix("f:") {
+            (body.get(name), join(path, name))
+        } else if let Some(value) = element.strip_prefix("v:") {
+            let found = serde_json::from_str::<Value>(value)
                 .ok()
-                .and_then(|v| body.as_array()?.iter().find(|e| same(e, &v)))
-        } else if let Some(index) = path.strip_prefix("i:") {
-            index.parse::<usize>().ok().and_then(|i| body.get(i))
+                .and_then(|v| body.as_array()?.iter().find(|e| same(e, &v)));
+            (found, format!("{path}[{value}]"))
+        } else if let Some(index) = element.strip_prefix("i:") {
+            (
+                index.parse::<usize>().ok().and_then(|i| body.get(i)),
+                format!("{path}[{index}]"),
+            )
         } else {
-            None // a path element this version does not know: apply
+            (None, format!("{path}[{element}]"))
         };
-        found.is_some_and(|child| owned_within(sub, child))
-    })
+        match found {
+            Some(child) => missing(sub, child, &here, out),
+            None => out.push(here),
+        }
+    }
+}
+
+/// `path.key`, or `path["key"]` when the key is not a plain name.
+pub(crate) fn join(path: &str, key: &str) -> String {
+    let plain = key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    match (path.is_empty(), plain) {
+        (true, true) => key.to_string(),
+        (false, true) => format!("{path}.{key}"),
+        (_, false) => format!("{path}[{key:?}]"),
+    }
 }
 
 /// The elements of the list `body` with the key fields `key`. A key field the element leaves
@@ -128,7 +202,7 @@ fn contains(have: &Value, want: &Value) -> bool {
 }
 
 /// Equal values, numbers by value (`2` and `2.0` are one number to the API server).
-fn same(a: &Value, b: &Value) -> bool {
+pub(crate) fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
         _ => a == b,
@@ -210,6 +284,39 @@ mod tests {
         let mut fields = ours();
         fields["f:data"]["f:old"] = json!({});
         assert!(!apply_is_noop(&live(fields), &body(), MANAGER, None));
+    }
+
+    #[test]
+    fn the_fields_an_apply_would_remove_are_named_by_path() {
+        let managed = |fields: Value| live(fields).metadata.managed_fields.unwrap();
+        assert!(removed_fields(&managed(ours()), &body(), MANAGER, None).is_empty());
+        let mut fields = ours();
+        fields["f:data"]["f:old"] = json!({});
+        fields["f:metadata"]["f:labels"]["f:app.kubernetes.io/name"] = json!({});
+        fields["f:spec"] =
+            json!({"f:ports": {"k:{\"port\":80,\"protocol\":\"TCP\"}": {"f:name": {}}}});
+        assert_eq!(
+            removed_fields(&managed(fields.clone()), &body(), MANAGER, None),
+            [
+                "data.old",
+                "metadata.labels[\"app.kubernetes.io/name\"]",
+                "spec",
+            ]
+        );
+        // Below a list element: the element is there, one of its fields is not.
+        let mut with_port = body();
+        with_port["spec"] = json!({"ports": [{"port": 80}]});
+        let removed = removed_fields(&managed(fields), &with_port, MANAGER, None);
+        assert_eq!(
+            removed.last().unwrap(),
+            "spec.ports[port=80,protocol=TCP].name"
+        );
+        // Another manager's fields, another subresource or another apiVersion: nothing.
+        assert!(removed_fields(&managed(ours()), &json!({}), "someone-else", None).is_empty());
+        assert!(removed_fields(&managed(ours()), &json!({}), MANAGER, Some("status")).is_empty());
+        let mut v2 = body();
+        v2["apiVersion"] = json!("v2");
+        assert!(removed_fields(&managed(ours()), &v2, MANAGER, None).is_empty());
     }
 
     #[test]

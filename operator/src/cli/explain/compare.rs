@@ -9,6 +9,8 @@ use super::gather::Gathered;
 use super::report::{Report, Result, compact};
 use crate::cluster::api_error::readable;
 use crate::reconcile::plan::{self, Identity, ObjRef};
+use crate::reconcile::unchanged::removed_fields;
+pub(super) use crate::reconcile::unchanged::{join, same};
 use crate::reconcile::{context, execute};
 
 /// Reports how each write in `plan` differs from the live objects: children to create, children
@@ -42,15 +44,40 @@ pub(super) async fn compare(
         if !ours_or_adoptable(&apply.target, &live, &gathered.parent_uid, identity, report) {
             continue;
         }
-        changes += report_differences(&shown, &apply.body, &live, report);
+        let key = (
+            apply.target.api_version.clone(),
+            apply.target.kind.clone(),
+            apply.target.name.clone(),
+        );
+        let managed = gathered
+            .children
+            .managed
+            .get(&key)
+            .map_or(&[][..], Vec::as_slice);
+        let removed = removed_fields(managed, &apply.body, &identity.field_manager, None);
+        changes += report_differences(&shown, &apply.body, &live, removed, report);
     }
     if let Some(status) = &plan.status {
-        changes += report_differences("status", &status.body["status"], &parent["status"], report);
+        let removed = removed_fields(
+            &gathered.parent_managed,
+            &status.body,
+            &identity.field_manager,
+            Some("status"),
+        );
+        changes += report_differences(
+            "status",
+            &status.body["status"],
+            &parent["status"],
+            removed,
+            report,
+        );
     }
     for patch in &plan.patches {
         let shown = format!("patch {}/{}", patch.target.kind, patch.target.name);
         if patch.target.name == parent["metadata"]["name"] && patch.target.kind == parent["kind"] {
-            changes += report_differences(&shown, &patch.body, parent, report);
+            let manager = identity.patch_manager();
+            let removed = removed_fields(&gathered.parent_managed, &patch.body, &manager, None);
+            changes += report_differences(&shown, &patch.body, parent, removed, report);
         } else {
             changes += 1;
             report.line(format!("{shown}: a related object; applied as returned"));
@@ -142,16 +169,22 @@ pub(super) fn ours_or_adoptable(
     }
 }
 
-/// Prints the fields of `desired` whose live values differ; returns 1 if any did.
+/// Prints the fields of `desired` whose live values differ, and the fields `removed` (set by
+/// this controller's last apply, left out of this one: the apply removes them); returns 1 if
+/// there were any.
 pub(super) fn report_differences(
     shown: &str,
     desired: &Value,
     live: &Value,
+    removed: Vec<String>,
     report: &mut Report,
 ) -> usize {
     const SHOWN: usize = 12;
     let mut diffs = Vec::new();
     differences(desired, Some(live), "", &mut diffs);
+    diffs.extend(removed.into_iter().map(|path| {
+        format!("{path}: set by this controller before, no longer returned: the apply removes it")
+    }));
     if diffs.is_empty() {
         report.line(format!("{shown}: up to date"));
         return 0;
@@ -208,23 +241,5 @@ pub(super) fn differences(
                 compact(d)
             ));
         }
-    }
-}
-
-pub(super) fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
-        _ => a == b,
-    }
-}
-
-pub(super) fn join(path: &str, key: &str) -> String {
-    let simple = key
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    match (path.is_empty(), simple) {
-        (true, true) => key.to_string(),
-        (false, true) => format!("{path}.{key}"),
-        (_, false) => format!("{path}[{key:?}]"),
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
@@ -17,6 +18,8 @@ use crate::reconcile::related;
 pub(super) struct Gathered {
     /// The parent as the plugin is given it ([`crate::cluster::kinds::clean`]).
     pub(super) parent: Value,
+    /// The parent's managedFields (cleaning drops them).
+    pub(super) parent_managed: Vec<ManagedFieldsEntry>,
     pub(super) parent_uid: String,
     /// The parent is being deleted, so the plugin (if it runs) is called through its finalize
     /// export.
@@ -35,6 +38,8 @@ pub(super) struct Children {
     /// The children carrying this controller's label and controlled by the parent, cleaned,
     /// by (apiVersion, kind, name).
     pub(super) owned: BTreeMap<(String, String, String), Value>,
+    /// Their managedFields (cleaning drops them), by the same key.
+    pub(super) managed: BTreeMap<(String, String, String), Vec<ManagedFieldsEntry>>,
     /// Every kind of `spec.children` is served.
     pub(super) all_served: bool,
 }
@@ -79,6 +84,7 @@ pub(super) async fn gather(
     Ok(Gathered {
         plugin_runs: reconciled && children.all_served && related.all_resolved,
         parent: parent_json,
+        parent_managed: parent.metadata.managed_fields.clone().unwrap_or_default(),
         parent_uid,
         finalizing: parent.metadata.deletion_timestamp.is_some(),
         children,
@@ -199,6 +205,7 @@ pub(super) async fn gather_children(
     let mut children = Children {
         resources: Vec::new(),
         owned: BTreeMap::new(),
+        managed: BTreeMap::new(),
         all_served: true,
     };
     for (i, kind) in spec.children.iter().enumerate() {
@@ -230,10 +237,12 @@ pub(super) async fn gather_children(
                 .any(|o| o.uid == parent_uid && o.controller == Some(true))
             {
                 report.line(format!("{}/{}", kind.kind, obj.name_any()));
-                children.owned.insert(
-                    (kind.api_version.clone(), kind.kind.clone(), obj.name_any()),
-                    crate::cluster::kinds::clean(obj, &resource),
-                );
+                let key = (kind.api_version.clone(), kind.kind.clone(), obj.name_any());
+                let managed = obj.metadata.managed_fields.clone().unwrap_or_default();
+                children.managed.insert(key.clone(), managed);
+                children
+                    .owned
+                    .insert(key, crate::cluster::kinds::clean(obj, &resource));
             }
         }
         children.resources.push((kind.clone(), resource));
