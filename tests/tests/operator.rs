@@ -266,7 +266,16 @@ async fn bad_plugins_are_contained_reported_and_write_nothing() -> Result<()> {
         ("panic", "PluginTrap"),
     ];
     for (mode, _) in cases {
-        apply_controller(&client, &ns, mode, "bad", json!({"mode": mode}), json!({})).await?;
+        // Running out of memory must be what stops `oom`, not its timeout: on two cores shared
+        // with several control planes, allocating 32 MiB can take longer than the usual 500 ms.
+        let extra = match mode {
+            "oom" => json!({"plugin": {
+                "source": {"configMap": {"name": "bad", "key": "plugin.wasm"}},
+                "config": {"mode": mode},
+                "limits": {"timeoutMs": 10_000, "memoryMiB": 32}}}),
+            _ => json!({}),
+        };
+        apply_controller(&client, &ns, mode, "bad", json!({"mode": mode}), extra).await?;
     }
     // A well-behaved controller in the same namespace keeps working throughout.
     apply_controller(
