@@ -373,6 +373,10 @@ struct Slot {
     )>,
     /// A pending re-check of the `Throttled` condition.
     recheck: Option<tokio::task::AbortHandle>,
+    /// A status write that failed is written again after this backoff (1 s doubling to 30 s),
+    /// since nothing else may come along to write it: the last change of a condition (a
+    /// parent recovering) would otherwise stay unwritten for good.
+    status_retry: Option<(u32, tokio::task::AbortHandle)>,
     /// Whether this replica may write for the WasmController (`--shard`; always, without).
     fence: Fence,
 }
@@ -415,6 +419,7 @@ async fn slot(
         load_error: None,
         retry: None,
         recheck: None,
+        status_retry: None,
         fence,
     };
     while let Some(first) = rx.recv().await {
@@ -463,9 +468,7 @@ impl Slot {
             &self.fence,
         )
         .await;
-        if let Err(error) = status {
-            tracing::warn!(parent: &self.span, error = %readable(&error), "could not update WasmController status");
-        }
+        self.after_status_write(status);
         self.record_health();
         if let Some(after) = throttle_recheck(self.running.as_ref()) {
             let again = self.signals.clone();
@@ -666,10 +669,36 @@ impl Slot {
         self.forget_health();
     }
 
+    /// A failed status write is tried again after a backoff (a `Health` signal); a write that
+    /// went through ends the retries.
+    fn after_status_write(&mut self, status: Result<(), kube::Error>) {
+        let failures = match self.status_retry.take() {
+            Some((failures, pending)) => {
+                pending.abort();
+                failures
+            }
+            None => 0,
+        };
+        let Err(error) = status else {
+            return;
+        };
+        let after = Duration::from_secs(1 << failures.min(5)).min(Duration::from_secs(30));
+        tracing::warn!(parent: &self.span, error = %readable(&error), retry_in_s = after.as_secs(), "could not update WasmController status");
+        let again = self.signals.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = again.send(Signal::Health);
+        });
+        self.status_retry = Some((failures.saturating_add(1), timer.abort_handle()));
+    }
+
     /// Stops the controller, the source watch and every pending timer.
     async fn stop_all(&mut self) {
         if let Some(recheck) = self.recheck.take() {
             recheck.abort();
+        }
+        if let Some((_, pending)) = self.status_retry.take() {
+            pending.abort();
         }
         if let Some((_, task)) = self.source_watch.take() {
             task.abort();

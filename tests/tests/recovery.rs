@@ -1464,3 +1464,84 @@ async fn soak(cp: &ControlPlane) -> Result<()> {
     );
     Ok(())
 }
+
+/// A status write of the WasmController that the API server refuses is written again later:
+/// the `Degraded` condition catches up with a parent that recovered while every status write
+/// failed, with no further event to prompt it. (It used to be written once per change, so such
+/// a condition stayed `True` for good; the soak above saw that once.)
+#[tokio::test]
+async fn a_refused_status_write_of_the_wasmcontroller_is_retried() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let Some(cp) = control_plane().await? else {
+        return Ok(());
+    };
+    let result = status_retry(&cp).await;
+    cp.stop().await;
+    result
+}
+
+async fn status_retry(cp: &ControlPlane) -> Result<()> {
+    let client = cp.client().await?;
+    let ns = team(cp, &client, "status-retry").await?;
+    let proxy = FaultProxy::start(cp, FaultConfig::default()).await?;
+    let op = RestartableOperator::start(proxy.kubeconfig()).await?;
+    controller(&client, &ns, "sites", &website_resource(), marker(), false).await?;
+    wait_wc_ready(&client, &ns, "sites", &op).await?;
+    let degraded = async |want: &str| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = condition(&client, &ns, "sites", "Degraded").await?;
+            if got.as_ref().is_some_and(|(s, _, _)| s == want) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "Degraded is not {want} after 60 s: {got:?}\n{}",
+                op.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    // A parent whose plugin call fails: Degraded=True.
+    let websites: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &website_resource());
+    let failing: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Website",
+        "metadata": {"name": "w", "annotations": {"misbehave.example.com/mode": "error"}},
+        "spec": {}
+    }))?;
+    websites.create(&PostParams::default(), &failing).await?;
+    degraded("True").await?;
+
+    // From now on the API server (through the proxy) refuses every status write of it.
+    proxy.set_config(FaultConfig {
+        error_500_per_mille: 1000,
+        max_faults: u64::MAX,
+        only_paths_containing: Some(format!("/namespaces/{ns}/wasmcontrollers/sites/status")),
+        ..FaultConfig::default()
+    });
+    // The parent recovers, and the operator's status write for it is refused.
+    let refused = proxy.counts().errors_500;
+    websites
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"misbehave.example.com/mode": null}}}),
+            ),
+        )
+        .await?;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while configmaps.get_opt("w-marker").await?.is_none() || proxy.counts().errors_500 == refused {
+        ensure!(
+            Instant::now() < deadline,
+            "no reconcile and refused status write after 60 s\n{}",
+            op.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing else happens, but once the API server answers again the condition catches up.
+    proxy.set_config(FaultConfig::default());
+    degraded("False").await
+}
