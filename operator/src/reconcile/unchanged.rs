@@ -41,16 +41,14 @@ pub(crate) fn apply_is_noop(
     subresource: Option<&str>,
 ) -> bool {
     let managed = live.metadata.managed_fields.as_deref().unwrap_or_default();
-    let Some(entry) = entry(managed, manager, subresource) else {
-        return false; // never applied by us (or created another way): apply
-    };
-    let Some(fields) = &entry.fields_v1 else {
+    // Never applied by us (or created another way), or a field set of another version (not
+    // translated): apply.
+    let Some(fields) = applied_fields(managed, body, manager, subresource) else {
         return false;
     };
-    if entry.api_version.as_deref() != body["apiVersion"].as_str() {
-        return false; // the field set is of another version: don't translate, apply
-    }
-    if !owned_within(&fields.0, body) {
+    let mut removed = Vec::new();
+    missing(fields, body, None, &mut removed);
+    if !removed.is_empty() {
         return false;
     }
     let Some(want) = body.as_object() else {
@@ -79,85 +77,96 @@ pub(crate) fn removed_fields(
     subresource: Option<&str>,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(entry) = entry(managed, manager, subresource)
-        && entry.api_version.as_deref() == body["apiVersion"].as_str()
-        && let Some(fields) = &entry.fields_v1
-    {
-        missing(&fields.0, body, "", &mut out);
+    if let Some(fields) = applied_fields(managed, body, manager, subresource) {
+        missing(fields, body, Some(""), &mut out);
     }
     out
 }
 
-/// Whether every path of the fieldsV1 set `fields` exists in `body`.
-fn owned_within(fields: &Value, body: &Value) -> bool {
-    let mut out = Vec::new();
-    missing(fields, body, "", &mut out);
-    out.is_empty()
+/// The fieldsV1 set of `manager`'s last apply to `subresource`, when it was of `body`'s
+/// apiVersion (a set of another version is not translated).
+fn applied_fields<'a>(
+    managed: &'a [ManagedFieldsEntry],
+    body: &Value,
+    manager: &str,
+    subresource: Option<&str>,
+) -> Option<&'a Value> {
+    let entry = entry(managed, manager, subresource)?;
+    (entry.api_version.as_deref() == body["apiVersion"].as_str())
+        .then_some(&entry.fields_v1.as_ref()?.0)
 }
 
-/// Adds to `out` each path of the fieldsV1 set `fields` (under `path`) that `body` lacks:
-/// `f:<name>` a map key, `k:{...}` a list element with those key fields, `v:<json>` a set
-/// element, `i:<n>` an index, `.` the node itself. A path element this version does not know
-/// counts as missing (so the apply goes out).
-fn missing(fields: &Value, body: &Value, path: &str, out: &mut Vec<String>) {
+/// Adds to `out` each path of the fieldsV1 set `fields` that `body` lacks: `f:<name>` a map
+/// key, `k:{...}` a list element with those key fields, `v:<json>` a set element, `i:<n>` an
+/// index, `.` the node itself. A path element this version does not know counts as missing
+/// (so the apply goes out). `path`: where `fields` sits, to name each missing field; `None`
+/// (the skip check, on every write) names none and stops at the first, building no strings.
+fn missing(fields: &Value, body: &Value, path: Option<&str>, out: &mut Vec<String>) {
     let Some(fields) = fields.as_object() else {
         return; // a leaf
     };
     for (element, sub) in fields {
+        if path.is_none() && !out.is_empty() {
+            return;
+        }
         if element == "." {
             continue;
         }
         if let Some(key) = element.strip_prefix("k:") {
             let Ok(key) = serde_json::from_str::<Map<String, Value>>(key) else {
-                out.push(format!("{path}[{key}]"));
+                out.push(path.map(|p| format!("{p}[{key}]")).unwrap_or_default());
                 continue;
             };
-            let shown = key
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{k}={}",
-                        v.as_str().map_or_else(|| v.to_string(), str::to_string)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(",");
-            let here = format!("{path}[{shown}]");
+            let here = path.map(|p| format!("{p}[{}]", shown_key(&key)));
             // Some element with these keys must hold everything below (the first that does).
             let mut best: Option<Vec<String>> = None;
             for e in elements_by_key(body, &key) {
                 let mut below = Vec::new();
-                missing(sub, e, &here, &mut below);
+                missing(sub, e, here.as_deref(), &mut below);
                 if best.as_ref().is_none_or(|b| below.len() < b.len()) {
                     best = Some(below);
+                }
+                if best.as_ref().is_some_and(Vec::is_empty) {
+                    break; // this element holds everything below
                 }
             }
             match best {
                 Some(below) => out.extend(below),
-                None => out.push(here),
+                None => out.push(here.unwrap_or_default()),
             }
             continue;
         }
         let (found, here) = if let Some(name) = element.strip_prefix("f:") {
-            (body.get(name), join(path, name))
+            (body.get(name), path.map(|p| join(p, name)))
         } else if let Some(value) = element.strip_prefix("v:") {
             let found = serde_json::from_str::<Value>(value)
                 .ok()
                 .and_then(|v| body.as_array()?.iter().find(|e| same(e, &v)));
-            (found, format!("{path}[{value}]"))
+            (found, path.map(|p| format!("{p}[{value}]")))
         } else if let Some(index) = element.strip_prefix("i:") {
-            (
-                index.parse::<usize>().ok().and_then(|i| body.get(i)),
-                format!("{path}[{index}]"),
-            )
+            let found = index.parse::<usize>().ok().and_then(|i| body.get(i));
+            (found, path.map(|p| format!("{p}[{index}]")))
         } else {
-            (None, format!("{path}[{element}]"))
+            (None, path.map(|p| format!("{p}[{element}]")))
         };
         match found {
-            Some(child) => missing(sub, child, &here, out),
-            None => out.push(here),
+            Some(child) => missing(sub, child, here.as_deref(), out),
+            None => out.push(here.unwrap_or_default()),
         }
     }
+}
+
+/// A list element's key fields as a path shows them: `port=80,protocol=TCP`.
+fn shown_key(key: &Map<String, Value>) -> String {
+    key.iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.as_str().map_or_else(|| v.to_string(), str::to_string)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `path.key`, or `path["key"]` when the key is not a plain name.
