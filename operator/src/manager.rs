@@ -71,6 +71,66 @@ fn retry_delays() -> Box<dyn Iterator<Item = Duration> + Send> {
     )
 }
 
+/// Delays between writes of a refused status: 1 s doubling to 30 s.
+fn status_retry_delays() -> Box<dyn Iterator<Item = Duration> + Send> {
+    use backon::BackoffBuilder;
+    Box::new(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(30))
+            .without_max_times()
+            .build(),
+    )
+}
+
+/// A signal a slot sends itself again and again, each time after the next of its delays,
+/// until dropped by whoever no longer needs it.
+struct Retry {
+    delays: Box<dyn Iterator<Item = Duration> + Send>,
+    pending: tokio::task::AbortHandle,
+}
+
+impl Retry {
+    /// Schedules `signal` after the next delay of `previous` (or of `delays()` when there is
+    /// none), cancelling what `previous` had pending; returns the delay.
+    fn next(
+        previous: Option<Retry>,
+        delays: fn() -> Box<dyn Iterator<Item = Duration> + Send>,
+        fallback: Duration,
+        signals: &mpsc::UnboundedSender<Signal>,
+        signal: Signal,
+    ) -> (Retry, Duration) {
+        let mut delays = match previous {
+            Some(previous) => {
+                previous.pending.abort();
+                previous.delays
+            }
+            None => delays(),
+        };
+        let delay = delays.next().unwrap_or(fallback);
+        let pending = signal_after(signals, delay, signal);
+        (Retry { delays, pending }, delay)
+    }
+
+    fn cancel(self) {
+        self.pending.abort();
+    }
+}
+
+/// Sends `signal` to the slot after `delay`; the handle cancels it.
+fn signal_after(
+    signals: &mpsc::UnboundedSender<Signal>,
+    delay: Duration,
+    signal: Signal,
+) -> tokio::task::AbortHandle {
+    let again = signals.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = again.send(signal);
+    })
+    .abort_handle()
+}
+
 /// The shortest `spec.resyncPeriod` accepted.
 pub const MIN_RESYNC: Duration = Duration::from_secs(10);
 
@@ -367,16 +427,13 @@ struct Slot {
     /// A start that failed (RBAC not granted yet, CRD not installed yet, ConfigMap missing,
     /// ...) is retried with backoff, so fixing the cause is enough: no edit of the
     /// WasmController.
-    retry: Option<(
-        Box<dyn Iterator<Item = Duration> + Send>,
-        tokio::task::AbortHandle,
-    )>,
+    retry: Option<Retry>,
     /// A pending re-check of the `Throttled` condition.
     recheck: Option<tokio::task::AbortHandle>,
     /// A status write that failed is written again after this backoff (1 s doubling to 30 s),
     /// since nothing else may come along to write it: the last change of a condition (a
     /// parent recovering) would otherwise stay unwritten for good.
-    status_retry: Option<(u32, tokio::task::AbortHandle)>,
+    status_retry: Option<Retry>,
     /// Whether this replica may write for the WasmController (`--shard`; always, without).
     fence: Fence,
 }
@@ -471,12 +528,8 @@ impl Slot {
         self.after_status_write(status);
         self.record_health();
         if let Some(after) = throttle_recheck(self.running.as_ref()) {
-            let again = self.signals.clone();
-            let timer = tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                let _ = again.send(Signal::Health);
-            });
-            if let Some(old) = self.recheck.replace(timer.abort_handle()) {
+            let timer = signal_after(&self.signals, after, Signal::Health);
+            if let Some(old) = self.recheck.replace(timer) {
                 old.abort();
             }
         }
@@ -543,8 +596,8 @@ impl Slot {
         {
             Ok(new) => {
                 self.load_error = None;
-                if let Some((_, pending)) = self.retry.take() {
-                    pending.abort();
+                if let Some(retry) = self.retry.take() {
+                    retry.cancel();
                 }
                 if let Some(new) = new {
                     if let Some(old) = self.running.take() {
@@ -599,21 +652,16 @@ impl Slot {
 
     /// Records `error` and asks for another sync after a backoff delay.
     fn retry_later(&mut self, error: Error) {
-        let (mut delays, pending) = self.retry.take().map_or_else(
-            || (retry_delays(), None),
-            |(delays, pending)| (delays, Some(pending)),
+        let previous = self.retry.take();
+        let (retry, delay) = Retry::next(
+            previous,
+            retry_delays,
+            RETRY_MAX,
+            &self.signals,
+            Signal::Sync,
         );
-        if let Some(pending) = pending {
-            pending.abort();
-        }
-        let delay = delays.next().unwrap_or(RETRY_MAX);
         tracing::warn!(parent: &self.span, reason = error.reason(), retry_in = ?delay, "{error}");
-        let again = self.signals.clone();
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = again.send(Signal::Sync);
-        });
-        self.retry = Some((delays, timer.abort_handle()));
+        self.retry = Some(retry);
         self.load_error = Some(error);
     }
 
@@ -672,24 +720,22 @@ impl Slot {
     /// A failed status write is tried again after a backoff (a `Health` signal); a write that
     /// went through ends the retries.
     fn after_status_write(&mut self, status: Result<(), kube::Error>) {
-        let failures = match self.status_retry.take() {
-            Some((failures, pending)) => {
-                pending.abort();
-                failures
-            }
-            None => 0,
-        };
+        let previous = self.status_retry.take();
         let Err(error) = status else {
+            if let Some(retry) = previous {
+                retry.cancel();
+            }
             return;
         };
-        let after = Duration::from_secs(1 << failures.min(5)).min(Duration::from_secs(30));
+        let (retry, after) = Retry::next(
+            previous,
+            status_retry_delays,
+            Duration::from_secs(30),
+            &self.signals,
+            Signal::Health,
+        );
         tracing::warn!(parent: &self.span, error = %readable(&error), retry_in_s = after.as_secs(), "could not update WasmController status");
-        let again = self.signals.clone();
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = again.send(Signal::Health);
-        });
-        self.status_retry = Some((failures.saturating_add(1), timer.abort_handle()));
+        self.status_retry = Some(retry);
     }
 
     /// Stops the controller, the source watch and every pending timer.
@@ -697,14 +743,14 @@ impl Slot {
         if let Some(recheck) = self.recheck.take() {
             recheck.abort();
         }
-        if let Some((_, pending)) = self.status_retry.take() {
-            pending.abort();
+        if let Some(retry) = self.status_retry.take() {
+            retry.cancel();
         }
         if let Some((_, task)) = self.source_watch.take() {
             task.abort();
         }
-        if let Some((_, pending)) = self.retry.take() {
-            pending.abort();
+        if let Some(retry) = self.retry.take() {
+            retry.cancel();
         }
         if let Some(old) = self.running.take() {
             stop(&self.ctx, old).await;
