@@ -44,16 +44,7 @@ pub(super) async fn compare(
         if !ours_or_adoptable(&apply.target, &live, &gathered.parent_uid, identity, report) {
             continue;
         }
-        let key = (
-            apply.target.api_version.clone(),
-            apply.target.kind.clone(),
-            apply.target.name.clone(),
-        );
-        let managed = gathered
-            .children
-            .managed
-            .get(&key)
-            .map_or(&[][..], Vec::as_slice);
+        let managed = gathered.children.managed_of(&apply.target);
         let removed = removed_fields(managed, &apply.body, &identity.field_manager, None);
         changes += report_differences(&shown, &apply.body, &live, removed, report);
     }
@@ -106,12 +97,7 @@ pub(super) async fn live_child(
     target: &ObjRef,
     children: &Children,
 ) -> Result<Option<Value>, kube::Error> {
-    let key = (
-        target.api_version.clone(),
-        target.kind.clone(),
-        target.name.clone(),
-    );
-    if let Some(live) = children.owned.get(&key) {
+    if let Some(live) = children.owned.get(&Children::key(target)) {
         return Ok(Some(live.clone()));
     }
     let resource = children

@@ -44,6 +44,24 @@ pub(super) struct Children {
     pub(super) all_served: bool,
 }
 
+impl Children {
+    /// The key of `owned` and `managed` for the child `target`.
+    pub(super) fn key(target: &ObjRef) -> (String, String, String) {
+        (
+            target.api_version.clone(),
+            target.kind.clone(),
+            target.name.clone(),
+        )
+    }
+
+    /// The managedFields of the owned child `target` (none when it is not owned).
+    pub(super) fn managed_of(&self, target: &ObjRef) -> &[ManagedFieldsEntry] {
+        self.managed
+            .get(&Self::key(target))
+            .map_or(&[][..], Vec::as_slice)
+    }
+}
+
 /// What the plugin is told about the `spec.related` entries.
 pub(super) struct RelatedInputs {
     /// By entry name.
