@@ -178,6 +178,25 @@ pub async fn create_website(client: &Client, ns: &str, name: &str, spec: Value) 
     Ok(())
 }
 
+/// The annotation that has the misbehave plugin treat one parent as another mode.
+pub const MISBEHAVE_MODE: &str = "misbehave.example.com/mode";
+
+/// Creates a Website (empty spec) that the misbehave plugin handles as `mode`.
+pub async fn create_website_in_mode(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    mode: &str,
+) -> Result<()> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &website_resource());
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Website",
+        "metadata": {"name": name, "annotations": {MISBEHAVE_MODE: mode}}, "spec": {}
+    }))?;
+    api.create(&PostParams::default(), &obj).await?;
+    Ok(())
+}
+
 pub async fn get_website(client: &Client, ns: &str, name: &str) -> Result<DynamicObject> {
     Ok(
         Api::<DynamicObject>::namespaced_with(client.clone(), ns, &website_resource())

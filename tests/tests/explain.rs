@@ -66,6 +66,31 @@ async fn explain_as(kubeconfig: &std::path::Path, target: &str, ns: &str) -> Res
     Ok(explained)
 }
 
+/// A namespace with `rbac`, the Rust Website plugin and a ready WasmController `website` over
+/// Websites (`replicas: 2`), its spec extended with `extra`.
+async fn website_controller(
+    cp: &localcp::ControlPlane,
+    op: &wasmop_e2e::Operator,
+    prefix: &str,
+    rbac: &str,
+    extra: serde_json::Value,
+) -> Result<String> {
+    let client = cp.client().await?;
+    let ns = namespace_with(cp, &client, prefix, rbac).await?;
+    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
+    apply_controller(
+        &client,
+        &ns,
+        "website",
+        "website-plugin",
+        json!({"replicas": 2}),
+        extra,
+    )
+    .await?;
+    wait_ready(&client, &ns, "website", op).await?;
+    Ok(ns)
+}
+
 /// Creates a Website whose `spec.infraRef` names ConfigMap `infra`, retrying until the API
 /// server serves the widened schema (it keeps the field).
 async fn website_referring_to(client: &Client, ns: &str, name: &str, infra: &str) -> Result<()> {
@@ -78,19 +103,8 @@ async fn website_referring_to(client: &Client, ns: &str, name: &str, infra: &str
 async fn explain_names_a_missing_contract_field_and_a_missing_related_object() -> Result<()> {
     let (cp, op) = setup().await?;
     let client = cp.client().await?;
-    let ns = namespace_with(cp, &client, "explain-related", &sample_rbac()?).await?;
-    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
     let related = json!({"related": [{"name": "infra", "ref": "$.spec.infraRef", "allowedKinds": [{"group": "", "kind": "ConfigMap"}], "contract": {"ready": "$.status.ready"}}]});
-    apply_controller(
-        &client,
-        &ns,
-        "website",
-        "website-plugin",
-        json!({"replicas": 2}),
-        related,
-    )
-    .await?;
-    wait_ready(&client, &ns, "website", op).await?;
+    let ns = website_controller(cp, op, "explain-related", &sample_rbac()?, related).await?;
 
     // The referenced object exists but lacks the contract field (a ConfigMap has no status).
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -147,39 +161,13 @@ async fn explain_names_a_missing_contract_field_and_a_missing_related_object() -
 async fn explain_lists_a_field_the_next_apply_removes() -> Result<()> {
     let (cp, op) = setup().await?;
     let client = cp.client().await?;
-    let rbac = r#"
-apiVersion: v1
-kind: ServiceAccount
-metadata: { name: no-configmaps }
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: { name: no-configmaps }
-rules:
-  - { apiGroups: [example.com], resources: [websites], verbs: [get, list, watch] }
-  - { apiGroups: [example.com], resources: [websites/status], verbs: [patch] }
-  - { apiGroups: [""], resources: [configmaps], verbs: [get, list, watch] }
-  - { apiGroups: [apps], resources: [deployments], verbs: [get, list, watch, create, patch, delete] }
-  - { apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch] }
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: { name: no-configmaps }
-roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: no-configmaps }
-subjects: [ { kind: ServiceAccount, name: no-configmaps } ]
-"#;
-    let ns = namespace_with(cp, &client, "explain-removed", rbac).await?;
-    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-    apply_controller(
-        &client,
-        &ns,
-        "website",
-        "website-plugin",
-        json!({"replicas": 2}),
-        json!({"serviceAccountName": "no-configmaps"}),
-    )
-    .await?;
-    wait_ready(&client, &ns, "website", op).await?;
+    // The sample's account, but it may only read ConfigMaps.
+    let rbac = sample_rbac_with(
+        "resources: [configmaps]",
+        "verbs: [get, list, watch, create, patch, delete]",
+        "verbs: [get, list, watch]",
+    )?;
+    let ns = website_controller(cp, op, "explain-removed", &rbac, json!({})).await?;
     create_website(&client, &ns, "site", json!({"content": "<p>x</p>"})).await?;
     let uid = get_website(&client, &ns, "site")
         .await?
@@ -246,18 +234,14 @@ metadata: { name: limited }
 roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: limited }
 subjects: [ { kind: ServiceAccount, name: limited } ]
 "#;
-    let ns = namespace_with(cp, &client, "explain-rbac", rbac).await?;
-    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-    apply_controller(
-        &client,
-        &ns,
-        "website",
-        "website-plugin",
-        json!({"replicas": 2}),
+    let ns = website_controller(
+        cp,
+        op,
+        "explain-rbac",
+        rbac,
         json!({"serviceAccountName": "limited"}),
     )
     .await?;
-    wait_ready(&client, &ns, "website", op).await?;
     create_website(&client, &ns, "site", json!({"content": "<p>x</p>"})).await?;
 
     let out = explain(cp, "Website/site", &ns).await?;
@@ -287,18 +271,7 @@ subjects: [ { kind: ServiceAccount, name: limited } ]
 async fn explain_finds_nothing_blocking_once_a_website_has_converged() -> Result<()> {
     let (cp, op) = setup().await?;
     let client = cp.client().await?;
-    let ns = namespace_with(cp, &client, "explain-ok", &sample_rbac()?).await?;
-    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-    apply_controller(
-        &client,
-        &ns,
-        "website",
-        "website-plugin",
-        json!({"replicas": 2}),
-        json!({}),
-    )
-    .await?;
-    wait_ready(&client, &ns, "website", op).await?;
+    let ns = website_controller(cp, op, "explain-ok", &sample_rbac()?, json!({})).await?;
     create_website(&client, &ns, "hello", json!({"content": "<h1>hi</h1>"})).await?;
 
     // Once the operator has applied everything, explain's plan matches the live objects.
@@ -366,18 +339,7 @@ roleRef: { apiGroup: rbac.authorization.k8s.io, kind: Role, name: viewer }
 subjects: [ { kind: ServiceAccount, name: viewer } ]
 "#
     );
-    let ns = namespace_with(cp, &client, "explain-viewer", &rbac).await?;
-    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-    apply_controller(
-        &client,
-        &ns,
-        "website",
-        "website-plugin",
-        json!({"replicas": 2}),
-        json!({}),
-    )
-    .await?;
-    wait_ready(&client, &ns, "website", op).await?;
+    let ns = website_controller(cp, op, "explain-viewer", &rbac, json!({})).await?;
     create_website(&client, &ns, "site", json!({})).await?;
 
     // The admin kubeconfig, impersonating the viewer (kubeconfig `as`).
@@ -435,18 +397,7 @@ async fn explain_reports_events_that_may_be_created_but_not_patched() -> Result<
         "verbs: [create, patch]",
         "verbs: [create]",
     )?;
-    let ns = namespace_with(cp, &client, "explain-events", &rbac).await?;
-    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-    apply_controller(
-        &client,
-        &ns,
-        "website",
-        "website-plugin",
-        json!({"replicas": 2}),
-        json!({}),
-    )
-    .await?;
-    wait_ready(&client, &ns, "website", op).await?;
+    let ns = website_controller(cp, op, "explain-events", &rbac, json!({})).await?;
     create_website(&client, &ns, "site", json!({})).await?;
 
     let out = explain(cp, "website/site", &ns).await?;
@@ -491,18 +442,7 @@ async fn a_forbidden_write_shows_the_api_servers_message_not_a_debug_dump() -> R
         "verbs: [get, list, watch, create, patch, delete]",
         "verbs: [get, list, watch, patch, delete]",
     )?;
-    let ns = namespace_with(cp, &client, "forbidden-write", &rbac).await?;
-    put_plugin(&client, &ns, "website-plugin", plugin("website-rust")).await?;
-    apply_controller(
-        &client,
-        &ns,
-        "website",
-        "website-plugin",
-        json!({"replicas": 2}),
-        json!({}),
-    )
-    .await?;
-    wait_ready(&client, &ns, "website", op).await?;
+    let ns = website_controller(cp, op, "forbidden-write", &rbac, json!({})).await?;
     create_website(&client, &ns, "site", json!({"content": "<p>x</p>"})).await?;
 
     // A new child is created by an apply: the API server names the object and checks `create`.

@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 use wasmop_e2e::website::{
-    WAIT, apply_controller, condition, create_website, put_plugin, team_namespace, wait_ready,
-    website_resource,
+    WAIT, apply_controller, condition, create_website, create_website_in_mode, put_plugin,
+    team_namespace, wait_ready,
 };
 use wasmop_e2e::{eventually, operator, plugin};
 
@@ -199,14 +199,7 @@ async fn a_looping_call_holds_up_only_its_own_parent() -> Result<()> {
                       "maxConcurrentReconciles": 2});
     apply_controller(&client, &ns, "one", "misbehave", json!({}), spec).await?;
     wait_ready(&client, &ns, "one", op).await?;
-    let websites: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &ns, &website_resource());
-    let stuck: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "example.com/v1", "kind": "Website",
-        "metadata": {"name": "stuck", "annotations": {"misbehave.example.com/mode": "loop"}},
-        "spec": {}
-    }))?;
-    websites.create(&PostParams::default(), &stuck).await?;
+    create_website_in_mode(&client, &ns, "stuck", "loop").await?;
     let label = format!("{ns}/one");
     // The plugin logs this just before it loops (in the reconcile's span, naming the controller).
     eventually(WAIT, "the looping call to be running", || async {

@@ -39,7 +39,8 @@ use kube::{Client, ResourceExt};
 use localcp::{ControlPlane, FaultConfig, FaultProxy, Options};
 use serde_json::{Value, json};
 use wasmop_e2e::website::{
-    apply_controller, condition, namespace_with, put_plugin, sample_rbac, website_resource,
+    MISBEHAVE_MODE, apply_controller, condition, create_website_in_mode, namespace_with,
+    put_plugin, sample_rbac, website_resource,
 };
 use wasmop_e2e::{RestartableOperator, StopWith, install_crds, kubectl, kubectl_stdin, plugin};
 
@@ -104,6 +105,18 @@ async fn control_plane() -> Result<Option<ControlPlane>> {
         ],
     )?;
     Ok(Some(cp))
+}
+
+/// Runs `test` on a control plane of its own, one test at a time ([`SERIAL`]), and stops the
+/// control plane after it.
+async fn on_own_control_plane(test: impl AsyncFnOnce(&ControlPlane) -> Result<()>) -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let Some(cp) = control_plane().await? else {
+        return Ok(());
+    };
+    let result = test(&cp).await;
+    cp.stop().await;
+    result
 }
 
 /// A namespace with the sample's ServiceAccount, its Role extended to Blogs, and the
@@ -537,13 +550,7 @@ fn spawn_creator(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parents_created_around_apiserver_outages_are_reconciled_once_it_is_back() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let Some(cp) = control_plane().await? else {
-        return Ok(());
-    };
-    let result = outages(&cp).await;
-    cp.stop().await;
-    result
+    on_own_control_plane(outages).await
 }
 
 async fn outages(cp: &ControlPlane) -> Result<()> {
@@ -897,13 +904,7 @@ const READY_AHEAD_MAX: Duration = Duration::from_secs(5);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_restarts_under_load_end_with_every_controller_running_and_reconciling()
 -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let Some(cp) = control_plane().await? else {
-        return Ok(());
-    };
-    let result = restarts(&cp).await;
-    cp.stop().await;
-    result
+    on_own_control_plane(restarts).await
 }
 
 async fn restarts(cp: &ControlPlane) -> Result<()> {
@@ -1158,13 +1159,7 @@ const SOAK: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_soak_ends_in_exactly_the_desired_world_and_then_writes_nothing() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let Some(cp) = control_plane().await? else {
-        return Ok(());
-    };
-    let result = soak(&cp).await;
-    cp.stop().await;
-    result
+    on_own_control_plane(soak).await
 }
 
 #[allow(clippy::too_many_lines)] // one timeline, read top to bottom
@@ -1471,13 +1466,7 @@ async fn soak(cp: &ControlPlane) -> Result<()> {
 /// a condition stayed `True` for good; the soak above saw that once.)
 #[tokio::test]
 async fn a_refused_status_write_of_the_wasmcontroller_is_retried() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let Some(cp) = control_plane().await? else {
-        return Ok(());
-    };
-    let result = status_retry(&cp).await;
-    cp.stop().await;
-    result
+    on_own_control_plane(status_retry).await
 }
 
 async fn status_retry(cp: &ControlPlane) -> Result<()> {
@@ -1488,29 +1477,19 @@ async fn status_retry(cp: &ControlPlane) -> Result<()> {
     controller(&client, &ns, "sites", &website_resource(), marker(), false).await?;
     wait_wc_ready(&client, &ns, "sites", &op).await?;
     let degraded = async |want: &str| -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let got = condition(&client, &ns, "sites", "Degraded").await?;
-            if got.as_ref().is_some_and(|(s, _, _)| s == want) {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "Degraded is not {want} after 60 s: {got:?}\n{}",
-                op.log_tail(20)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wasmop_e2e::eventually(
+            Duration::from_secs(60),
+            &format!("Degraded={want}"),
+            || async {
+                let got = condition(&client, &ns, "sites", "Degraded").await?;
+                Ok(got.filter(|(s, _, _)| s == want).map(|_| ()))
+            },
+        )
+        .await
+        .map_err(|e| anyhow!("{e}\n{}", op.log_tail(20)))
     };
     // A parent whose plugin call fails: Degraded=True.
-    let websites: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &ns, &website_resource());
-    let failing: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "example.com/v1", "kind": "Website",
-        "metadata": {"name": "w", "annotations": {"misbehave.example.com/mode": "error"}},
-        "spec": {}
-    }))?;
-    websites.create(&PostParams::default(), &failing).await?;
+    create_website_in_mode(&client, &ns, "w", "error").await?;
     degraded("True").await?;
 
     // From now on the API server (through the proxy) refuses every status write of it.
@@ -1522,25 +1501,21 @@ async fn status_retry(cp: &ControlPlane) -> Result<()> {
     });
     // The parent recovers, and the operator's status write for it is refused.
     let refused = proxy.counts().errors_500;
-    websites
+    Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &website_resource())
         .patch(
             "w",
             &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"annotations": {"misbehave.example.com/mode": null}}}),
-            ),
+            &Patch::Merge(json!({"metadata": {"annotations": {MISBEHAVE_MODE: null}}})),
         )
         .await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while configmaps.get_opt("w-marker").await?.is_none() || proxy.counts().errors_500 == refused {
-        ensure!(
-            Instant::now() < deadline,
-            "no reconcile and refused status write after 60 s\n{}",
-            op.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = "a reconcile that writes the marker and a refused status write";
+    wasmop_e2e::eventually(Duration::from_secs(60), what, || async {
+        let marked = configmaps.get_opt("w-marker").await?.is_some();
+        Ok((marked && proxy.counts().errors_500 > refused).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow!("{e}\n{}", op.log_tail(20)))?;
     // Nothing else happens, but once the API server answers again the condition catches up.
     proxy.set_config(FaultConfig::default());
     degraded("False").await
